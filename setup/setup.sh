@@ -146,7 +146,7 @@ build_horovod_wheel() {
     MAKEFLAGS="${MAKEFLAGS:--j$(nproc)}" \
     PATH="$VENV/bin:$PATH" \
     "$VENV/bin/python" -m pip wheel --no-build-isolation --no-deps --no-binary horovod \
-      --no-cache-dir -w "$work" "horovod==$HOROVOD_VERSION" || return 1
+      --no-cache-dir -v -w "$work" "horovod==$HOROVOD_VERSION" || return 1
   mkdir -p "$out.tmp" && mv "$work"/horovod-*.whl "$out.tmp/" && rm -rf "$out" && mv "$out.tmp" "$out"
   rm -rf "$work"
 }

@@ -1,0 +1,26 @@
+# Makefile: the project's commands. `make train` and `make test` run `make setup` first.
+VENV ?= .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+NP ?= 2
+
+.PHONY: setup train test lint check-build clean
+
+setup:
+	@bash setup/setup.sh
+
+# The README's main command: the MNIST recipe on $(NP) Horovod workers on this machine.
+train: setup
+	horovodrun -np $(NP) python recipes/pytorch/mnist.py
+
+# The README's test command: lint, then the whole suite (multi-process tests included).
+test: setup lint
+	python -m pytest -v -ra
+
+lint: setup
+	ruff check .
+
+check-build: setup
+	horovodrun --check-build
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache .setup-logs

@@ -1,0 +1,140 @@
+"""Data owns sharding (which samples each rank sees, in which order) and the shared datasets' readers.
+
+Sharding: every epoch all ranks draw the same permutation from ``(seed, epoch)`` and rank r
+takes every ``size``-th index starting at r, so shards are disjoint and cover the data. For
+training the permutation's tail is dropped so every shard has the same length (at most
+``size - 1`` samples per epoch are left out, different ones each epoch); equal shards give every
+rank the same number of steps, so no rank waits in an allreduce that another never reaches.
+Validation keeps every sample; its shards may differ by one and the sums are reduced once.
+
+Datasets: the offline default is scikit-learn's bundled handwritten digits (1,797 real 8x8
+images); ``--data-dir`` reads the standard MNIST IDX files, plain or gzipped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.failure import UserError
+
+
+class DataError(UserError):
+    """Missing or malformed dataset files."""
+
+
+def shard_indices(n: int, rank: int, size: int, seed: int, epoch: int,
+                  shuffle: bool = True, drop_tail: bool = True) -> np.ndarray:
+    """The dataset indices rank ``rank`` of ``size`` processes in ``epoch``, in order."""
+    if not 0 <= rank < size:
+        raise ValueError(f"rank {rank} outside world of size {size}")
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+    else:
+        order = np.arange(n)
+    if drop_tail:
+        order = order[: n - n % size]
+    return order[rank::size]
+
+
+def steps_per_epoch(n: int, size: int, batch_size: int) -> int:
+    """Optimizer steps per epoch for a training set of ``n`` split over ``size`` ranks."""
+    return (n // size) // batch_size
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """Images (N, H, W) as float32 in [0, 1] and integer labels (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_digits_split(val_fraction: float = 0.2, split_seed: int = 0):
+    """scikit-learn's bundled 8x8 digits, split into train and validation (fixed split)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = (d.images / 16.0).astype(np.float32)
+    labels = d.target.astype(np.int64)
+    order = np.random.default_rng(split_seed).permutation(len(labels))
+    n_val = int(round(len(labels) * val_fraction))
+    val, train = order[:n_val], order[n_val:]
+    return (ImageDataset(images[train], labels[train], "digits-train"),
+            ImageDataset(images[val], labels[val], "digits-val"))
+
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read one IDX file (the MNIST format), plain or gzipped."""
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gzipped else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read {path!r}: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise DataError(f"{path!r} is not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path!r} is truncated (header)")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(
+            f"{path!r} holds {len(raw) - header} data bytes, its header says {expected}"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _find(data_dir: str, stem: str) -> str:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"),
+                 stem.replace("-idx", ".idx") + ".gz"):
+        path = os.path.join(data_dir, name)
+        if os.path.isfile(path):
+            return path
+    raise DataError(f"{stem}[.gz] not found in --data-dir {data_dir!r} (MNIST IDX files expected)")
+
+
+def load_mnist_idx(data_dir: str):
+    """MNIST's train and test (used as validation) sets from IDX files in ``data_dir``."""
+    out = []
+    for split, (img_stem, lbl_stem) in MNIST_FILES.items():
+        images = read_idx(_find(data_dir, img_stem))
+        labels = read_idx(_find(data_dir, lbl_stem))
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"MNIST {split} files in {data_dir!r} disagree: images {images.shape}, "
+                f"labels {labels.shape}"
+            )
+        if labels.size and (labels.min() < 0 or labels.max() > 9):
+            raise DataError(f"MNIST {split} labels in {data_dir!r} are outside 0..9")
+        scale = 255.0 if images.dtype == np.uint8 else 1.0
+        out.append(ImageDataset((images / scale).astype(np.float32),
+                                labels.astype(np.int64), f"mnist-{split}"))
+    return tuple(out)
+
+
+def load_mnist_or_digits(data_dir: str | None):
+    """``--data-dir`` given: MNIST IDX files from it; otherwise the offline digits."""
+    return load_mnist_idx(data_dir) if data_dir else load_digits_split()

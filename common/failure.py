@@ -1,0 +1,65 @@
+"""Failure owns how a recipe ends on error: one clear line per rank, and a whole-job exit, never a hang.
+
+Two rules make a multi-worker job fail cleanly:
+
+* Errors that only some ranks can see (a checkpoint read by rank 0, say) are agreed on with
+  :func:`agree` before the next collective, so every rank raises the same error together.
+* Any error that escapes a recipe ends its process at once with ``os._exit`` (from
+  :func:`run_main`). Horovod's launchers (``horovodrun`` with Gloo, ``mpirun``) then stop the
+  other ranks, instead of those ranks waiting forever in an allreduce for the dead one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+
+class UserError(Exception):
+    """Bad input from the user (flag, data, checkpoint): reported in one line, no traceback."""
+
+
+def agree(ok: bool, message: str, broadcast_object: Callable, root_rank: int = 0) -> None:
+    """Make a root-only check collective: every rank raises UserError(message) if root failed.
+
+    ``broadcast_object`` is the framework's ``hvd.broadcast_object``. Every rank must call this.
+    """
+    ok, message = broadcast_object((bool(ok), str(message)), root_rank=root_rank)
+    if not ok:
+        raise UserError(message)
+
+
+def _rank() -> str:
+    for var in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if var in os.environ:
+            return os.environ[var]
+    return "0"
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run a recipe's main; on any error print one line (and a traceback for bugs) and exit."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        _exit(2)
+    except KeyboardInterrupt:
+        print(f"rank {_rank()}: interrupted", file=sys.stderr, flush=True)
+        _exit(130)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            _exit(e.code if isinstance(e.code, int) else 1)
+        raise
+    except BaseException as e:  # noqa: BLE001 - a bug on one rank must end the whole job
+        traceback.print_exc()
+        print(f"error on rank {_rank()}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        _exit(1)
+
+
+def _exit(code: int) -> None:
+    # os._exit skips Horovod's atexit shutdown, which would wait on the ranks still running.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,277 @@
+"""Torch backend owns the PyTorch side of the core: Horovod setup, gradient averaging, state broadcast,
+checkpoint (de)serialisation, train/eval steps and sharded batches.
+
+Everything framework-agnostic (config, LR schedule, metric sums, checkpoint files, output) lives
+in the sibling modules; this module only adapts them to ``torch`` and ``horovod.torch``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import horovod.torch as hvd
+import numpy as np
+import torch
+
+from common.checkpoint import CheckpointError, CheckpointStore
+from common.config import TrainConfig
+from common.data import shard_indices
+from common.failure import agree
+from common.metrics import MetricSums
+from common.runtime import Runtime, init_horovod, threads_per_worker
+
+CHECKPOINT_FORMAT = "horovod-recipes/torch/1"
+
+
+def init(cfg: TrainConfig, comm=None) -> tuple[Runtime, torch.device]:
+    """Initialise Horovod, pin threads and device for this rank, seed every RNG from ``cfg.seed``."""
+    rt = init_horovod(hvd, comm)
+    torch.set_num_threads(threads_per_worker(rt.local_size, cfg.threads_per_worker))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(rt.local_rank)
+        device = torch.device("cuda", rt.local_rank)
+    else:
+        device = torch.device("cpu")
+    seed_everything(cfg.seed)
+    return rt, device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def distributed_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module,
+                          cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Wrap ``optimizer`` in Horovod's DistributedOptimizer with the core's gradient options."""
+    return hvd.DistributedOptimizer(
+        optimizer,
+        named_parameters=model.named_parameters(),
+        compression=hvd.Compression.fp16 if cfg.fp16_allreduce else hvd.Compression.none,
+        backward_passes_per_step=cfg.batches_per_allreduce,
+        op=hvd.Adasum if cfg.use_adasum else hvd.Average,
+        gradient_predivide_factor=cfg.gradient_predivide_factor,
+    )
+
+
+def adasum_local_size(rt: Runtime) -> int:
+    """Local size that Adasum's LR rule uses: GPUs with NCCL sum within a node first."""
+    return rt.local_size if torch.cuda.is_available() and hvd.nccl_built() else 1
+
+
+def allreduce_sum(values: np.ndarray) -> np.ndarray:
+    """Sum a float64 vector over all ranks (a collective)."""
+    t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
+    return hvd.allreduce(t, op=hvd.Sum, name="metric_sums").numpy()
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def broadcast_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Make every rank hold rank 0's parameters and optimizer state (a collective)."""
+    # Horovod initialises an empty optimizer state with a zero-gradient step before it can
+    # broadcast it, and that step moves parameters under weight decay. Fresh optimizers are
+    # identical on every rank, so broadcast optimizer state only when rank 0 has some.
+    root_has_state = hvd.broadcast_object(
+        len(optimizer.state_dict()["state"]) > 0, root_rank=0, name="has_opt_state")
+    if root_has_state:
+        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+
+
+def model_signature(model: torch.nn.Module) -> dict[str, list[int]]:
+    """Names and shapes of a model's state: what a checkpoint must match."""
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far training has got: full epochs done and optimizer steps done in all."""
+
+    epoch: int = 0
+    step: int = 0
+    checkpoint: str | None = None
+
+
+class Checkpointer:
+    """Rank-0 checkpoints of a model and optimizer, restored on every rank by broadcast.
+
+    Every rank calls :meth:`restore` once before training and :meth:`save` at the same points;
+    both are collectives. Files are read with ``torch.load(weights_only=True)``.
+    """
+
+    def __init__(self, rt: Runtime, cfg: TrainConfig, recipe: str,
+                 model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.rt = rt
+        self.recipe = recipe
+        self.model = model
+        self.optimizer = optimizer
+        self.config = cfg.as_dict()
+        self.seed = cfg.seed
+        self.store = (CheckpointStore(cfg.checkpoint_dir, cfg.keep_checkpoints)
+                      if cfg.checkpoint_dir else None)
+
+    def _load(self, path: str) -> dict:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path!r} is not a horovod-recipes PyTorch checkpoint")
+        if ckpt.get("recipe") != self.recipe:
+            raise CheckpointError(
+                f"{path!r} was saved by recipe {ckpt.get('recipe')!r}, not {self.recipe!r}; "
+                "use another --checkpoint-dir"
+            )
+        theirs, ours = ckpt.get("model_signature"), model_signature(self.model)
+        if theirs != ours:
+            diff = sorted(set(map(str, theirs.items())) ^ set(map(str, ours.items())))[:2]
+            raise CheckpointError(
+                f"{path!r} holds a different model (first differences: {'; '.join(diff)}); "
+                "use another --checkpoint-dir"
+            )
+        return ckpt
+
+    def restore(self) -> tuple[Progress, list[str]]:
+        """Resume from the newest valid checkpoint (rank 0 reads, all ranks receive).
+
+        Returns the progress to continue from and notices for the user (rank 0's view).
+        """
+        found, error, notices = None, "", []
+        if self.rt.is_root and self.store is not None:
+            try:
+                found = self.store.newest_valid(self._load)
+                if found:
+                    ref, ckpt, skipped = found
+                    self.model.load_state_dict(ckpt["model"])
+                    try:
+                        self.optimizer.load_state_dict(ckpt["optimizer"])
+                    except (ValueError, KeyError) as e:
+                        raise CheckpointError(
+                            f"{ref.path!r}: optimizer state does not fit this optimizer ({e})"
+                        ) from None
+                    if skipped:
+                        notices.append(f"skipped unreadable checkpoints: {', '.join(skipped)}")
+            except CheckpointError as e:
+                error = str(e)
+        agree(not error, error, hvd.broadcast_object)
+        meta = None
+        if found:
+            ref, ckpt, _ = found
+            meta = {"epoch": ckpt["epoch"], "step": ckpt["step"], "path": ref.path,
+                    "rng": ckpt["rng"], "world_size": ckpt["world_size"]}
+        meta = hvd.broadcast_object(meta, root_rank=0, name="ckpt_meta")
+        broadcast_training_state(self.model, self.optimizer)
+        if meta is None:
+            return Progress(), notices
+        if meta["world_size"] == self.rt.size:
+            _set_rng_state(meta["rng"][self.rt.rank])
+        else:
+            notices.append(f"checkpoint was written by {meta['world_size']} workers, this run "
+                           f"has {self.rt.size}: data order and RNG streams start afresh")
+            seed_everything(self.seed + 1_000_003 * meta["epoch"] + self.rt.rank)
+        return Progress(meta["epoch"], meta["step"], meta["path"]), notices
+
+    def save(self, progress: Progress) -> str | None:
+        """Write a checkpoint of ``progress`` from rank 0 (a collective); returns its path."""
+        if self.store is None:
+            return None
+        rngs = hvd.allgather_object(_rng_state(), name="rng_states")
+        path, error = None, ""
+        if self.rt.is_root:
+            ckpt = {
+                "format": CHECKPOINT_FORMAT,
+                "recipe": self.recipe,
+                "model_signature": model_signature(self.model),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "epoch": progress.epoch,
+                "step": progress.step,
+                "rng": rngs,
+                "world_size": self.rt.size,
+                "config": self.config,
+            }
+            try:
+                path = self.store.save(progress.epoch, progress.step,
+                                       lambda f: torch.save(ckpt, f))
+            except CheckpointError as e:
+                error = str(e)
+        agree(not error, error, hvd.broadcast_object)
+        return hvd.broadcast_object(path, root_rank=0, name="ckpt_path")
+
+
+def batches(dataset, indices: np.ndarray, batch_size: int, device: torch.device,
+            skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Full batches of ``dataset`` (images get a channel axis) in ``indices`` order.
+
+    Only full batches are yielded, so every rank takes the same number of steps.
+    ``skip`` batches at the start are passed over (resuming inside an epoch).
+    """
+    for start in range(skip * batch_size, len(indices) - batch_size + 1, batch_size):
+        idx = indices[start:start + batch_size]
+        x = torch.from_numpy(dataset.images[idx]).unsqueeze(1).to(device)
+        y = torch.from_numpy(dataset.labels[idx]).to(device)
+        yield x, y
+
+
+def eval_batches(dataset, rt: Runtime, batch_size: int, device: torch.device):
+    """This rank's validation shard, every sample once (the last batch may be short)."""
+    idx = shard_indices(len(dataset), rt.rank, rt.size, seed=0, epoch=0,
+                        shuffle=False, drop_tail=False)
+    for start in range(0, len(idx), batch_size):
+        part = idx[start:start + batch_size]
+        yield (torch.from_numpy(dataset.images[part]).unsqueeze(1).to(device),
+               torch.from_numpy(dataset.labels[part]).to(device))
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+               passes: int) -> tuple[float, float, int]:
+    """One optimizer step over a batch split into ``passes`` backward passes.
+
+    The per-pass loss is divided by ``passes`` so the accumulated gradient is the mean over the
+    whole batch; Horovod allreduces once, after the last pass. Returns (mean loss, correct, n).
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss_total, correct = 0.0, 0.0
+    for xs, ys in zip(x.chunk(passes), y.chunk(passes), strict=True):
+        out = model(xs)
+        loss = loss_fn(out, ys)
+        (loss * (len(ys) / len(y))).backward()
+        loss_total += loss.item() * len(ys)
+        correct += (out.argmax(1) == ys).sum().item()
+    optimizer.step()
+    return loss_total / len(y), correct, len(y)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loss_fn: Callable, batches_) -> MetricSums:
+    """This rank's loss and accuracy sums over ``batches_`` (reduce with ``global_sums``)."""
+    model.eval()
+    sums = MetricSums()
+    for x, y in batches_:
+        out = model(x)
+        sums.add(loss_fn(out, y).item(), (out.argmax(1) == y).sum().item(), len(y))
+    return sums

@@ -1,0 +1,59 @@
+"""Tests of the core flags: defaults, YAML config, and validation with one-line errors."""
+
+import pytest
+
+from common.config import ConfigError, TrainConfig, core_parser, parse_config
+
+
+def parse(argv, **defaults):
+    return parse_config(core_parser("test", **defaults), argv)[0]
+
+
+def test_defaults_and_recipe_overrides():
+    cfg = parse([], epochs=7)
+    assert cfg.epochs == 7 and cfg.batch_size == TrainConfig().batch_size
+
+
+def test_flags_parse():
+    cfg = parse(["--epochs", "3", "--fp16-allreduce", "--batches-per-allreduce", "2",
+                 "--use-adasum", "--lr-decay", "step", "--decay-epochs", "1", "2"])
+    assert (cfg.epochs, cfg.fp16_allreduce, cfg.batches_per_allreduce, cfg.use_adasum) == (
+        3, True, 2, True)
+    assert cfg.decay_epochs == (1, 2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--batch-size", "-4"], "--batch-size must be at least 1"),
+    (["--base-lr", "0"], "--base-lr must be positive"),
+    (["--epochs", "ten"], "invalid int value"),
+    (["--lr-decay", "step"], "needs --decay-epochs"),
+    (["--decay-epochs", "5", "3"], "increasing"),
+    (["--use-adasum", "--gradient-predivide-factor", "2"], "only with averaging"),
+    (["--data-dir", "/does/not/exist"], "is not a directory"),
+    (["--bogus"], "unrecognized arguments"),
+])
+def test_bad_values_are_one_line_errors(argv, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        parse(argv)
+    assert "\n" not in str(e.value)
+
+
+def test_yaml_config_with_flag_override(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("epochs: 5\nbase-lr: 0.5\nfp16_allreduce: true\n")
+    cfg = parse(["--config", str(f), "--epochs", "9"])
+    assert (cfg.epochs, cfg.base_lr, cfg.fp16_allreduce) == (9, 0.5, True)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochz: 5\n", "unknown key 'epochz'"),
+    ("epochs: 2.5\n", "epochs must be int"),
+    ("- 1\n- 2\n", "must be a mapping"),
+    ("epochs: [\n", "not valid YAML"),
+])
+def test_bad_yaml(tmp_path, text, message):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        parse(["--config", str(f)])

@@ -1,0 +1,102 @@
+"""Tests of sharding (disjoint, covering, reshuffled per epoch) and the MNIST IDX reader."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from common.data import DataError, load_digits_split, load_mnist_idx, read_idx, shard_indices
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
+    header = bytes([0, 0, codes[array.dtype], array.ndim])
+    return header + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_mnist(directory, n_train=12, n_val=5, gz=False, size=28):
+    rng = np.random.default_rng(0)
+    files = {}
+    for prefix, n in (("train", n_train), ("t10k", n_val)):
+        images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        for kind, arr in (("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)):
+            name = f"{prefix}-{kind}" + (".gz" if gz else "")
+            data = idx_bytes(arr)
+            (directory / name).write_bytes(gzip.compress(data) if gz else data)
+        files[prefix] = (images, labels)
+    return files
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_idx_round_trip(tmp_path, gz):
+    files = write_mnist(tmp_path, gz=gz)
+    train, val = load_mnist_idx(str(tmp_path))
+    assert train.images.shape == (12, 28, 28) and val.images.shape == (5, 28, 28)
+    np.testing.assert_allclose(train.images, files["train"][0] / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(val.labels, files["t10k"][1])
+    assert train.images.dtype == np.float32 and train.labels.dtype == np.int64
+
+
+def test_idx_other_dtype(tmp_path):
+    a = np.arange(6, dtype=">i4").reshape(2, 3)
+    (tmp_path / "a.idx").write_bytes(idx_bytes(a))
+    np.testing.assert_array_equal(read_idx(str(tmp_path / "a.idx")), a)
+
+
+def test_missing_file_is_named(tmp_path):
+    write_mnist(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
+        load_mnist_idx(str(tmp_path))
+
+
+def test_truncated_and_bad_magic(tmp_path):
+    write_mnist(tmp_path)
+    p = tmp_path / "train-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:-10])
+    with pytest.raises(DataError, match="header says"):
+        load_mnist_idx(str(tmp_path))
+    p.write_bytes(b"\x01\x02\x03\x04garbage")
+    with pytest.raises(DataError, match="bad magic"):
+        load_mnist_idx(str(tmp_path))
+
+
+def test_mismatched_counts(tmp_path):
+    write_mnist(tmp_path)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(3, dtype=np.uint8)))
+    with pytest.raises(DataError, match="disagree"):
+        load_mnist_idx(str(tmp_path))
+
+
+def test_digits_split_is_fixed_and_disjoint():
+    train, val = load_digits_split()
+    assert len(train) + len(val) == 1797 and len(val) == 359
+    train2, _ = load_digits_split()
+    np.testing.assert_array_equal(train.labels, train2.labels)
+    assert train.images.max() <= 1.0 and train.images.shape[1:] == (8, 8)
+
+
+@given(n=st.integers(0, 500), size=st.integers(1, 8), seed=st.integers(0, 2**31),
+       epoch=st.integers(0, 100))
+def test_training_shards_are_disjoint_equal_and_cover(n, size, seed, epoch):
+    shards = [shard_indices(n, r, size, seed, epoch) for r in range(size)]
+    assert len({len(s) for s in shards}) == 1  # equal: same steps on every rank
+    flat = np.concatenate(shards)
+    assert len(flat) == len(set(flat.tolist())) == n - n % size
+
+
+@given(n=st.integers(0, 500), size=st.integers(1, 8))
+def test_validation_shards_cover_every_sample_once(n, size):
+    shards = [shard_indices(n, r, size, 0, 0, shuffle=False, drop_tail=False)
+              for r in range(size)]
+    assert sorted(np.concatenate(shards).tolist()) == list(range(n))
+
+
+def test_reshuffled_each_epoch_same_on_every_rank():
+    a0 = shard_indices(100, 0, 2, seed=1, epoch=0)
+    assert not np.array_equal(a0, shard_indices(100, 0, 2, seed=1, epoch=1))
+    np.testing.assert_array_equal(a0, shard_indices(100, 0, 2, seed=1, epoch=0))
