@@ -21,14 +21,26 @@ class UserError(Exception):
     """Bad input from the user (flag, data, checkpoint): reported in one line, no traceback."""
 
 
+class AgreedError(UserError):
+    """A UserError that every rank raised together (from :func:`agree`).
+
+    ``sync`` is a collective that every rank calls after printing the message, so that all
+    ranks have said it before any of them exits and the launcher stops the rest.
+    """
+
+    def __init__(self, message: str, sync: Callable[[], object]) -> None:
+        super().__init__(message)
+        self.sync = sync
+
+
 def agree(ok: bool, message: str, broadcast_object: Callable, root_rank: int = 0) -> None:
-    """Make a root-only check collective: every rank raises UserError(message) if root failed.
+    """Make a root-only check collective: every rank raises AgreedError(message) if root failed.
 
     ``broadcast_object`` is the framework's ``hvd.broadcast_object``. Every rank must call this.
     """
     ok, message = broadcast_object((bool(ok), str(message)), root_rank=root_rank)
     if not ok:
-        raise UserError(message)
+        raise AgreedError(message, lambda: broadcast_object(None, root_rank=root_rank))
 
 
 def _rank() -> str:
@@ -44,6 +56,11 @@ def run_main(main: Callable[[], object]) -> None:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        if isinstance(e, AgreedError):
+            try:
+                e.sync()
+            except Exception:  # noqa: BLE001 - another rank already gone: exit anyway
+                pass
         _exit(2)
     except KeyboardInterrupt:
         print(f"rank {_rank()}: interrupted", file=sys.stderr, flush=True)

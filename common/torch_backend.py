@@ -254,7 +254,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     whole batch; Horovod allreduces once, after the last pass. Returns (mean loss, correct, n).
     """
     model.train()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad()
     loss_total, correct = 0.0, 0.0
     for xs, ys in zip(x.chunk(passes), y.chunk(passes), strict=True):
         out = model(xs)

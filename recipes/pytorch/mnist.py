@@ -45,7 +45,7 @@ class Net(nn.Module):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = core_parser(__doc__.splitlines()[0], epochs=12, batch_size=32, base_lr=0.02,
+    parser = core_parser(__doc__.splitlines()[0], epochs=12, batch_size=32, base_lr=0.05,
                          warmup_epochs=2, lr_decay="cosine",
                          checkpoint_dir="runs/mnist/checkpoints",
                          metrics_file="runs/mnist/metrics.jsonl")
