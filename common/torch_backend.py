@@ -110,7 +110,11 @@ def _as_tuple(x):
 
 @dataclass(frozen=True)
 class Progress:
-    """How far training has got: full epochs done and optimizer steps done in all."""
+    """How far training has got: full epochs done and optimizer steps done in all.
+
+    ``step`` counts steps of the current run's size; ``step - epoch * steps_per_epoch`` steps of
+    the next epoch are already done when a run stopped inside an epoch.
+    """
 
     epoch: int = 0
     step: int = 0
@@ -125,8 +129,10 @@ class Checkpointer:
     """
 
     def __init__(self, rt: Runtime, cfg: TrainConfig, recipe: str,
-                 model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+                 model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 steps_per_epoch: int = 1) -> None:
         self.rt = rt
+        self.steps_per_epoch = steps_per_epoch
         self.recipe = recipe
         self.model = model
         self.optimizer = optimizer
@@ -180,18 +186,24 @@ class Checkpointer:
         if found:
             ref, ckpt, _ = found
             meta = {"epoch": ckpt["epoch"], "step": ckpt["step"], "path": ref.path,
-                    "rng": ckpt["rng"], "world_size": ckpt["world_size"]}
+                    "rng": ckpt["rng"], "world_size": ckpt["world_size"],
+                    "steps_per_epoch": ckpt["steps_per_epoch"]}
         meta = hvd.broadcast_object(meta, root_rank=0, name="ckpt_meta")
         broadcast_training_state(self.model, self.optimizer)
         if meta is None:
             return Progress(), notices
-        if meta["world_size"] == self.rt.size:
+        step = meta["step"]
+        if meta["world_size"] == self.rt.size and meta["steps_per_epoch"] == self.steps_per_epoch:
             _set_rng_state(meta["rng"][self.rt.rank])
         else:
-            notices.append(f"checkpoint was written by {meta['world_size']} workers, this run "
-                           f"has {self.rt.size}: data order and RNG streams start afresh")
+            # Steps mean other sample counts now: continue from the last full epoch.
+            step = meta["epoch"] * self.steps_per_epoch
+            notices.append(f"checkpoint was written by {meta['world_size']} worker(s) at "
+                           f"{meta['steps_per_epoch']} steps/epoch, this run has {self.rt.size} at "
+                           f"{self.steps_per_epoch}: continuing from the start of epoch "
+                           f"{meta['epoch'] + 1} with fresh data order and RNG streams")
             seed_everything(self.seed + 1_000_003 * meta["epoch"] + self.rt.rank)
-        return Progress(meta["epoch"], meta["step"], meta["path"]), notices
+        return Progress(meta["epoch"], step, meta["path"]), notices
 
     def save(self, progress: Progress) -> str | None:
         """Write a checkpoint of ``progress`` from rank 0 (a collective); returns its path."""
@@ -210,6 +222,7 @@ class Checkpointer:
                 "step": progress.step,
                 "rng": rngs,
                 "world_size": self.rt.size,
+                "steps_per_epoch": self.steps_per_epoch,
                 "config": self.config,
             }
             try:

@@ -158,3 +158,14 @@ def test_mnist_idx_data_dir(tmp_path):
     final = final_record(out / "metrics.jsonl")
     assert "64 train / 20 val samples (mnist-train)" in proc.stdout
     assert final["world_size"] == 2 and final["step"] == 8
+
+
+def test_resume_on_another_world_size_continues_from_last_full_epoch(tmp_path):
+    out, _ = run_mnist(2, tmp_path, "run", "--epochs", "3", "--max-steps", "50")  # 2 epochs + 6
+    assert load_checkpoint(final_record(out / "metrics.jsonl")["checkpoint"])["epoch"] == 2
+    _, proc = run_mnist(1, tmp_path, "run", "--epochs", "3")
+    assert "continuing from the start of epoch 3" in proc.stdout
+    records = read_records(out / "metrics.jsonl")
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2, 3, 3]
+    final = final_record(out / "metrics.jsonl")
+    assert final["world_size"] == 1 and final["step"] == 3 * 44  # 1,438 samples / 32 per step

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
                                 weight_decay=cfg.weight_decay)
     optimizer = tb.distributed_optimizer(optimizer, model, cfg)  # distributed
     schedule = LRSchedule.from_config(cfg, rt.size, n_steps, tb.adasum_local_size(rt))
-    checkpointer = tb.Checkpointer(rt, cfg, RECIPE, model, optimizer)
+    checkpointer = tb.Checkpointer(rt, cfg, RECIPE, model, optimizer, n_steps)
     progress, notices = checkpointer.restore()  # distributed: rank 0 loads, all receive
     for notice in notices:
         out.print(f"note: {notice}")
@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     step, wall_start = progress.step, time.perf_counter()
     train_sums = val_sums = MetricSums()
     samples_per_sec = 0.0
-    start_epoch = step // n_steps
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(progress.epoch, cfg.epochs):
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break
         order = shard_indices(len(train_set), rt.rank, rt.size, cfg.seed, epoch)  # distributed
