@@ -42,7 +42,12 @@ class TrainConfig:
     seed: int = 42
     checkpoint_dir: str | None = None
     keep_checkpoints: int = 3
+    checkpoint_epochs: int = 1
+    checkpoint_steps: int = 0
     metrics_file: str | None = None
+    log_dir: str | None = None
+    amp: bool = False
+    data_workers: int = 0
     fp16_allreduce: bool = False
     batches_per_allreduce: int = 1
     use_adasum: bool = False
@@ -80,6 +85,8 @@ class TrainConfig:
             raise ConfigError("--gradient-predivide-factor must be positive")
         if self.use_adasum and self.gradient_predivide_factor != 1.0:
             raise ConfigError("--gradient-predivide-factor works only with averaging, not --use-adasum")
+        if self.checkpoint_epochs < 0 or self.checkpoint_steps < 0 or self.data_workers < 0:
+            raise ConfigError("--checkpoint-epochs, --checkpoint-steps and --data-workers must be >= 0")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"--max-steps must be at least 1, got {self.max_steps}")
         if self.threads_per_worker is not None and self.threads_per_worker < 1:
@@ -95,6 +102,18 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["decay_epochs"] = list(self.decay_epochs)
         return d
+
+
+def save_resolved(path: str, recipe: str, cfg: TrainConfig, recipe_args: dict[str, Any],
+                  world_size: int) -> None:
+    """Write the resolved configuration (core and recipe values) as YAML, atomically."""
+    from common.checkpoint import atomic_write
+
+    core = cfg.as_dict()
+    doc = {"recipe": recipe, "world_size": world_size, **core,
+           **{k: v for k, v in sorted(recipe_args.items()) if k not in core and k != "config"}}
+    text = yaml.safe_dump(doc, sort_keys=False)
+    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def _flag(name: str) -> str:
@@ -130,6 +149,11 @@ def core_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
                    help="stop after this many optimizer steps in total (for smoke tests)")
     g.add_argument("--data-dir", default=base.data_dir,
                    help="directory with the recipe's dataset files (default: offline data)")
+    g.add_argument("--data-workers", type=int, default=base.data_workers,
+                   help="DataLoader worker processes per rank (0: load in the training process)")
+    g.add_argument("--amp", action="store_true", default=base.amp,
+                   help="automatic mixed precision on CUDA (bf16, or fp16 with a grad scaler); "
+                        "ignored with a notice on CPU")
     s = p.add_argument_group("learning-rate schedule")
     s.add_argument("--lr-scaling", choices=LR_SCALING_RULES, default=base.lr_scaling,
                    help="how the LR grows with workers x batches-per-allreduce")
@@ -158,6 +182,12 @@ def core_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
                    help="rank 0 writes checkpoints here and every run resumes from the newest")
     o.add_argument("--keep-checkpoints", type=int, default=base.keep_checkpoints,
                    help="how many recent checkpoints to keep")
+    o.add_argument("--checkpoint-epochs", type=int, default=base.checkpoint_epochs,
+                   help="checkpoint every N epochs (0: only at the end)")
+    o.add_argument("--checkpoint-steps", type=int, default=base.checkpoint_steps,
+                   help="also checkpoint every N optimizer steps, mid-epoch too (0: off)")
+    o.add_argument("--log-dir", default=base.log_dir,
+                   help="TensorBoard scalars (loss, accuracy, LR, samples/s) from rank 0")
     o.add_argument("--metrics-file", default=base.metrics_file,
                    help="JSON Lines summary: one record per epoch and a final record")
     o.add_argument("--no-progress", dest="progress", action="store_false",

@@ -138,3 +138,52 @@ def load_mnist_idx(data_dir: str):
 def load_mnist_or_digits(data_dir: str | None):
     """``--data-dir`` given: MNIST IDX files from it; otherwise the offline digits."""
     return load_mnist_idx(data_dir) if data_dir else load_digits_split()
+
+
+CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_BATCH = "test_batch"
+
+
+def _cifar_dir(data_dir: str) -> str:
+    """The folder holding the batch files: DIR itself or DIR/cifar-10-batches-py."""
+    nested = os.path.join(data_dir, "cifar-10-batches-py")
+    return nested if os.path.isdir(nested) else data_dir
+
+
+def read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 "python version" batch: images (N, 3, 32, 32) uint8 and labels (N,)."""
+    import pickle
+
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+    except FileNotFoundError:
+        raise DataError(f"{path!r} not found (CIFAR-10 python batches expected: "
+                        f"{', '.join(CIFAR10_TRAIN_BATCHES)}, {CIFAR10_TEST_BATCH})") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise DataError(f"{path!r} is not a CIFAR-10 batch file ({type(e).__name__})") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path!r} is not a CIFAR-10 batch file (not a dict)")
+    data = batch.get(b"data", batch.get("data"))
+    labels = batch.get(b"labels", batch.get("labels"))
+    if data is None or labels is None:
+        raise DataError(f"{path!r} lacks 'data' or 'labels'")
+    data = np.asarray(data, dtype=np.uint8)
+    labels = np.asarray(labels, dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+        raise DataError(f"{path!r}: data {data.shape} and labels {labels.shape} are not "
+                        "N x 3072 and N")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{path!r}: labels outside 0..9")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def load_cifar10(data_dir: str):
+    """CIFAR-10's five training batches and its test batch (used as validation).
+
+    Returns ((train images, train labels), (val images, val labels)), images uint8 NCHW.
+    """
+    folder = _cifar_dir(data_dir)
+    parts = [read_cifar_batch(os.path.join(folder, name)) for name in CIFAR10_TRAIN_BATCHES]
+    train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    return train, read_cifar_batch(os.path.join(folder, CIFAR10_TEST_BATCH))

@@ -9,35 +9,48 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 
 @dataclass
 class MetricSums:
-    """Running sums on one rank: summed loss, correct predictions, sample count."""
+    """Running sums on one rank: summed loss, sample count, and correct predictions per top-k.
 
+    ``topk`` lists the k of each accuracy kept (top-1 first); ``correct[i]`` counts samples whose
+    label is among the ``topk[i]`` highest scores.
+    """
+
+    topk: tuple[int, ...] = (1,)
     loss_sum: float = 0.0
-    correct: float = 0.0
     count: float = 0.0
+    correct: list[float] = field(default_factory=list)
 
-    def add(self, mean_loss: float, correct: float, count: int) -> None:
+    def __post_init__(self) -> None:
+        if not self.correct:
+            self.correct = [0.0] * len(self.topk)
+
+    def add(self, mean_loss: float, correct, count: int) -> None:
+        """Add a batch: its mean loss, its correct count (one per top-k, or a number), its size."""
+        if isinstance(correct, int | float):
+            correct = [correct]
         self.loss_sum += float(mean_loss) * count
-        self.correct += float(correct)
         self.count += count
+        for i, c in enumerate(correct):
+            self.correct[i] += float(c)
 
     def to_array(self) -> np.ndarray:
-        return np.array([self.loss_sum, self.correct, self.count], dtype=np.float64)
+        return np.array([self.loss_sum, self.count, *self.correct], dtype=np.float64)
 
     @classmethod
-    def from_array(cls, a) -> MetricSums:
+    def from_array(cls, a, topk: tuple[int, ...] = (1,)) -> MetricSums:
         a = np.asarray(a, dtype=np.float64)
-        return cls(float(a[0]), float(a[1]), float(a[2]))
+        return cls(tuple(topk), float(a[0]), float(a[1]), [float(x) for x in a[2:]])
 
     def global_sums(self, allreduce_sum: Callable[[np.ndarray], np.ndarray]) -> MetricSums:
         """Sum over all ranks (a collective: every rank must call it)."""
-        return MetricSums.from_array(allreduce_sum(self.to_array()))
+        return MetricSums.from_array(allreduce_sum(self.to_array()), self.topk)
 
     @property
     def loss(self) -> float:
@@ -45,23 +58,22 @@ class MetricSums:
 
     @property
     def accuracy(self) -> float:
-        return self.correct / self.count if self.count else float("nan")
+        """Top-1 accuracy (the first of ``topk``)."""
+        return self.correct[0] / self.count if self.count else float("nan")
+
+    def top(self, k: int) -> float:
+        return self.correct[self.topk.index(k)] / self.count if self.count else float("nan")
 
 
 class Throughput:
-    """Samples per second over a timed span (wall clock, measured on each rank)."""
+    """Wall-clock seconds of a span, and samples per second over it."""
 
     def __init__(self) -> None:
-        self.samples = 0
         self.start = time.perf_counter()
-
-    def add(self, n: int) -> None:
-        self.samples += n
 
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
-    def rate(self, world_size: int = 1) -> float:
-        """Global samples/s, given this rank's count and that all ranks process alike."""
-        return self.samples * world_size / max(self.elapsed, 1e-9)
+    def rate(self, samples: float) -> float:
+        return samples / max(self.elapsed, 1e-9)

@@ -33,9 +33,11 @@ class Reporter:
     """Rank 0's voice: ``print``, a per-epoch progress bar, and the metrics file."""
 
     def __init__(self, is_root: bool, metrics_file: str | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, log_dir: str | None = None) -> None:
         self.is_root = is_root
         self.metrics_file = metrics_file
+        self.log_dir = log_dir if is_root else None
+        self._writer = None
         # A bar only makes sense on a terminal; logs get one line per epoch instead.
         self.progress = progress and is_root and sys.stderr.isatty()
         self._records: list[dict] = []
@@ -50,6 +52,24 @@ class Reporter:
         """A tqdm bar over ``total`` steps (disabled off rank 0 or off a terminal)."""
         return tqdm(total=total, desc=desc, unit="step", disable=not self.progress,
                     leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    def scalars(self, step: int, **values: float) -> None:
+        """TensorBoard scalars at ``step`` (rank 0, with ``--log-dir``)."""
+        if not self.log_dir:
+            return
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(self.log_dir)
+        for name, value in values.items():
+            if value is not None and math.isfinite(value):
+                self._writer.add_scalar(name, value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def record(self, kind: str, **fields: Any) -> None:
         """Append one record of type ``kind`` to the metrics file."""

@@ -8,7 +8,7 @@ in the sibling modules; this module only adapts them to ``torch`` and ``horovod.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import horovod.torch as hvd
@@ -130,9 +130,11 @@ class Checkpointer:
 
     def __init__(self, rt: Runtime, cfg: TrainConfig, recipe: str,
                  model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 steps_per_epoch: int = 1) -> None:
+                 steps_per_epoch: int = 1, scaler=None) -> None:
         self.rt = rt
         self.steps_per_epoch = steps_per_epoch
+        self.scaler = scaler
+        self.epoch_sums: list | None = None  # this rank's partial-epoch sums after restore
         self.recipe = recipe
         self.model = model
         self.optimizer = optimizer
@@ -177,6 +179,8 @@ class Checkpointer:
                         raise CheckpointError(
                             f"{ref.path!r}: optimizer state does not fit this optimizer ({e})"
                         ) from None
+                    if self.scaler is not None and ckpt.get("scaler"):
+                        self.scaler.load_state_dict(ckpt["scaler"])
                     if skipped:
                         notices.append(f"skipped unreadable checkpoints: {', '.join(skipped)}")
             except CheckpointError as e:
@@ -187,7 +191,8 @@ class Checkpointer:
             ref, ckpt, _ = found
             meta = {"epoch": ckpt["epoch"], "step": ckpt["step"], "path": ref.path,
                     "rng": ckpt["rng"], "world_size": ckpt["world_size"],
-                    "steps_per_epoch": ckpt["steps_per_epoch"]}
+                    "steps_per_epoch": ckpt["steps_per_epoch"],
+                    "epoch_sums": ckpt.get("epoch_sums")}
         meta = hvd.broadcast_object(meta, root_rank=0, name="ckpt_meta")
         broadcast_training_state(self.model, self.optimizer)
         if meta is None:
@@ -195,6 +200,8 @@ class Checkpointer:
         step = meta["step"]
         if meta["world_size"] == self.rt.size and meta["steps_per_epoch"] == self.steps_per_epoch:
             _set_rng_state(meta["rng"][self.rt.rank])
+            if meta["epoch_sums"] is not None:
+                self.epoch_sums = meta["epoch_sums"][self.rt.rank]
         else:
             # Steps mean other sample counts now: continue from the last full epoch.
             step = meta["epoch"] * self.steps_per_epoch
@@ -205,11 +212,17 @@ class Checkpointer:
             seed_everything(self.seed + 1_000_003 * meta["epoch"] + self.rt.rank)
         return Progress(meta["epoch"], step, meta["path"]), notices
 
-    def save(self, progress: Progress) -> str | None:
-        """Write a checkpoint of ``progress`` from rank 0 (a collective); returns its path."""
+    def save(self, progress: Progress, epoch_sums: MetricSums | None = None) -> str | None:
+        """Write a checkpoint of ``progress`` from rank 0 (a collective); returns its path.
+
+        ``epoch_sums`` are this rank's metric sums of the epoch in progress, so that a run
+        resumed mid-epoch reports the same epoch metrics as an uninterrupted one.
+        """
         if self.store is None:
             return None
         rngs = hvd.allgather_object(_rng_state(), name="rng_states")
+        sums = None if epoch_sums is None else epoch_sums.to_array().tolist()
+        all_sums = hvd.allgather_object(sums, name="epoch_sums")
         path, error = None, ""
         if self.rt.is_root:
             ckpt = {
@@ -223,6 +236,8 @@ class Checkpointer:
                 "rng": rngs,
                 "world_size": self.rt.size,
                 "steps_per_epoch": self.steps_per_epoch,
+                "epoch_sums": None if sums is None else all_sums,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "config": self.config,
             }
             try:
@@ -234,57 +249,136 @@ class Checkpointer:
         return hvd.broadcast_object(path, root_rank=0, name="ckpt_path")
 
 
-def batches(dataset, indices: np.ndarray, batch_size: int, device: torch.device,
-            skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Full batches of ``dataset`` (images get a channel axis) in ``indices`` order.
+class ShardSampler(torch.utils.data.Sampler):
+    """This rank's shard of a dataset for a DataLoader (see ``common.data.shard_indices``).
 
-    Only full batches are yielded, so every rank takes the same number of steps.
-    ``skip`` batches at the start are passed over (resuming inside an epoch).
+    ``set_epoch(epoch, skip)`` selects the epoch's permutation and passes over its first ``skip``
+    samples (resuming mid-epoch). With ``with_epoch`` it yields ``(epoch, index)`` keys for
+    datasets whose augmentation is seeded per epoch and sample (:class:`SeededTransform`).
     """
-    for start in range(skip * batch_size, len(indices) - batch_size + 1, batch_size):
-        idx = indices[start:start + batch_size]
-        x = torch.from_numpy(dataset.images[idx]).unsqueeze(1).to(device)
-        y = torch.from_numpy(dataset.labels[idx]).to(device)
-        yield x, y
+
+    def __init__(self, n: int, rt: Runtime, seed: int, shuffle: bool = True,
+                 drop_tail: bool = True, with_epoch: bool = False) -> None:
+        self.n, self.rt, self.seed = n, rt, seed
+        self.shuffle, self.drop_tail, self.with_epoch = shuffle, drop_tail, with_epoch
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def indices(self) -> np.ndarray:
+        return shard_indices(self.n, self.rt.rank, self.rt.size, self.seed, self.epoch,
+                             self.shuffle, self.drop_tail)[self.skip:]
+
+    def __iter__(self):
+        for i in self.indices().tolist():
+            yield (self.epoch, i) if self.with_epoch else i
+
+    def __len__(self) -> int:
+        return len(self.indices())
 
 
-def eval_batches(dataset, rt: Runtime, batch_size: int, device: torch.device):
-    """This rank's validation shard, every sample once (the last batch may be short)."""
-    idx = shard_indices(len(dataset), rt.rank, rt.size, seed=0, epoch=0,
-                        shuffle=False, drop_tail=False)
-    for start in range(0, len(idx), batch_size):
-        part = idx[start:start + batch_size]
-        yield (torch.from_numpy(dataset.images[part]).unsqueeze(1).to(device),
-               torch.from_numpy(dataset.labels[part]).to(device))
+class SeededTransform(torch.utils.data.Dataset):
+    """A dataset whose random augmentation depends only on (seed, epoch, sample index).
+
+    Wrapping ``dataset[i] -> (x, y)`` and ``transform(x)``: the transform runs under torch's RNG
+    seeded from the key, and the caller's RNG state is left as it was. Augmentation is then the
+    same whichever rank, worker process or resumed run draws the sample.
+    """
+
+    def __init__(self, dataset, transform: Callable, seed: int) -> None:
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        x, y = self.dataset[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, epoch, i)) % 2**63)
+            return self.transform(x), y
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
-               passes: int) -> tuple[float, float, int]:
+class Precision:
+    """Mixed precision for train steps: bf16 autocast on CUDA, or fp16 with a grad scaler.
+
+    On CPU ``--amp`` is ignored (``enabled`` False) and :attr:`notice` says so.
+    """
+
+    def __init__(self, amp: bool, device: torch.device) -> None:
+        self.notice = None
+        self.enabled = amp and device.type == "cuda"
+        if amp and not self.enabled:
+            self.notice = "--amp ignored: no CUDA device, training in fp32"
+        self.device_type = device.type
+        self.dtype = torch.float32
+        self.scaler = None
+        if self.enabled:
+            if torch.cuda.is_bf16_supported():
+                self.dtype = torch.bfloat16
+            else:
+                self.dtype = torch.float16
+                self.scaler = torch.amp.GradScaler("cuda")
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+
+def topk_correct(out: torch.Tensor, y: torch.Tensor, topk: tuple[int, ...]) -> list[float]:
+    """How many rows of ``out`` have ``y`` among their k highest scores, for each k."""
+    k_max = min(max(topk), out.shape[1])
+    hits = out.topk(k_max, dim=1).indices == y[:, None]
+    return [float(hits[:, :k].any(dim=1).sum()) for k in topk]
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
+               x: torch.Tensor, y: torch.Tensor, passes: int,
+               precision: Precision | None = None,
+               topk: tuple[int, ...] = (1,)) -> tuple[float, list[float], int]:
     """One optimizer step over a batch split into ``passes`` backward passes.
 
-    The per-pass loss is divided by ``passes`` so the accumulated gradient is the mean over the
-    whole batch; Horovod allreduces once, after the last pass. Returns (mean loss, correct, n).
+    The per-pass loss is weighted by its share of the batch so the accumulated gradient is the
+    mean over the whole batch; Horovod allreduces once, after the last pass. With an fp16 grad
+    scaler, gradients are synchronised, unscaled, then stepped (Horovod's documented order).
+    Returns (mean loss, correct per top-k, samples).
     """
+    precision = precision or Precision(False, x.device)
+    scaler = precision.scaler
     model.train()
     optimizer.zero_grad()
-    loss_total, correct = 0.0, 0.0
+    loss_total, correct = 0.0, [0.0] * len(topk)
     for xs, ys in zip(x.chunk(passes), y.chunk(passes), strict=True):
-        out = model(xs)
-        loss = loss_fn(out, ys)
-        (loss * (len(ys) / len(y))).backward()
+        with precision.autocast():
+            out = model(xs)
+            loss = loss_fn(out, ys)
+        weighted = loss * (len(ys) / len(y))
+        (scaler.scale(weighted) if scaler else weighted).backward()
         loss_total += loss.item() * len(ys)
-        correct += (out.argmax(1) == ys).sum().item()
-    optimizer.step()
+        correct = [a + b for a, b in zip(correct, topk_correct(out.detach(), ys, topk),
+                                          strict=True)]
+    if scaler is not None:
+        optimizer.synchronize()
+        scaler.unscale_(optimizer)
+        with optimizer.skip_synchronize():
+            scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     return loss_total / len(y), correct, len(y)
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loss_fn: Callable, batches_) -> MetricSums:
-    """This rank's loss and accuracy sums over ``batches_`` (reduce with ``global_sums``)."""
+def evaluate(model: torch.nn.Module, loss_fn: Callable, loader, device: torch.device,
+             topk: tuple[int, ...] = (1,), precision: Precision | None = None) -> MetricSums:
+    """This rank's loss and top-k sums over ``loader`` (reduce with ``global_sums``)."""
+    precision = precision or Precision(False, device)
     model.eval()
-    sums = MetricSums()
-    for x, y in batches_:
-        out = model(x)
-        sums.add(loss_fn(out, y).item(), (out.argmax(1) == y).sum().item(), len(y))
+    sums = MetricSums(topk)
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with precision.autocast():
+            out = model(x)
+            loss = loss_fn(out, y)
+        sums.add(loss.item(), topk_correct(out.float(), y, topk), len(y))
     return sums

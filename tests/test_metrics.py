@@ -42,3 +42,12 @@ def test_uneven_shards_are_weighted_by_samples():
 
 def test_empty_sums_are_nan():
     assert np.isnan(MetricSums().loss) and np.isnan(MetricSums().accuracy)
+
+
+def test_topk_sums_reduce_per_k():
+    a, b = MetricSums(topk=(1, 5)), MetricSums(topk=(1, 5))
+    a.add(1.0, [3, 8], 10)
+    b.add(1.0, [1, 2], 10)
+    g = a.global_sums(fake_allreduce([a, b]))
+    assert g.top(1) == pytest.approx(0.2) and g.top(5) == pytest.approx(0.5)
+    assert g.accuracy == g.top(1)

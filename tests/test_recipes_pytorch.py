@@ -1,0 +1,221 @@
+"""The PyTorch recipe suite under horovodrun on tiny data: CIFAR-10, ImageNet folders, benchmark, elastic.
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import (
+    BIN,
+    HANG_GUARD_S,
+    ROOT,
+    final_record,
+    horovodrun,
+    job_env,
+    load_checkpoint,
+    max_abs_diff,
+    read_records,
+)
+
+RECIPES = ROOT / "recipes" / "pytorch"
+pytestmark = pytest.mark.multiprocess
+
+
+def write_cifar(directory: Path, per_batch: int = 8, n_test: int = 10) -> None:
+    """Five tiny CIFAR-10 "python version" training batches and a test batch."""
+    rng = np.random.default_rng(0)
+    folder = directory / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", n_test)]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, n).tolist(), b"batch_label": name.encode()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+
+
+def test_cifar_reader_round_trip(tmp_path):
+    from common.data import DataError, load_cifar10
+
+    write_cifar(tmp_path)
+    (x, y), (xv, yv) = load_cifar10(str(tmp_path))
+    assert x.shape == (40, 3, 32, 32) and x.dtype == np.uint8 and y.shape == (40,)
+    assert xv.shape == (10, 3, 32, 32)
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+        first = pickle.load(f)
+    np.testing.assert_array_equal(x[:8].reshape(8, -1), first[b"data"])
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(DataError, match="test_batch"):
+        load_cifar10(str(tmp_path))
+
+
+def run_recipe(name, np_, tmp, out_name, *flags, check=True):
+    out = tmp / out_name
+    proc = horovodrun(np_, [RECIPES / name, "--checkpoint-dir", out / "ckpt",
+                            "--metrics-file", out / "metrics.jsonl", *flags], cwd=tmp,
+                      check=check)
+    return out, proc
+
+
+CIFAR = ["--batch-size", "4", "--epochs", "2", "--warmup-epochs", "0.5", "--weight-decay", "5e-4"]
+
+
+def test_cifar_recipe_and_step_level_resume(tmp_path):
+    data = tmp_path / "data"
+    write_cifar(data)
+    full, proc = run_recipe("cifar10_resnet.py", 2, tmp_path, "full", "--data-dir", data, *CIFAR)
+    final = final_record(full / "metrics.jsonl")
+    assert final["world_size"] == 2 and final["step"] == 10  # 40 samples / (2 x 4) x 2 epochs
+    assert 0 <= final["val_accuracy"] <= 1 and final["samples_per_sec"] > 0
+    assert (full / "ckpt" / "config.yaml").read_text().count("depth: 20") == 1
+
+    # A run killed after its step-6 checkpoint (mid-epoch 2): simulate with --max-steps 7 and
+    # deleting what came after step 6, then resume.
+    part, _ = run_recipe("cifar10_resnet.py", 2, tmp_path, "part", "--data-dir", data, *CIFAR,
+                         "--checkpoint-steps", "3", "--max-steps", "7")
+    steps = sorted(load_checkpoint(p)["step"] for p in (part / "ckpt").glob("ckpt-*.pt"))
+    assert steps == [5, 6, 7]  # every 3 steps, at the epoch end (5) and at the stop; keep 3
+    next(p for p in (part / "ckpt").glob("ckpt-*.pt") if load_checkpoint(p)["step"] == 7).unlink()
+    _, proc = run_recipe("cifar10_resnet.py", 2, tmp_path, "part", "--data-dir", data, *CIFAR)
+    assert "(epoch 1, step 6)" in proc.stdout
+    a = load_checkpoint(final_record(full / "metrics.jsonl")["checkpoint"])
+    b = load_checkpoint(final_record(part / "metrics.jsonl")["checkpoint"])
+    weights = {k: v for k, v in a["model"].items() if "running" not in k and "num_batches" not in k}
+    assert max_abs_diff(weights, {k: b["model"][k] for k in weights}) == 0.0
+    # The resumed epoch's metrics include the steps before the kill, as uninterrupted.
+    last = [r for r in read_records(part / "metrics.jsonl") if r["type"] == "epoch"][-1]
+    full_last = [r for r in read_records(full / "metrics.jsonl") if r["type"] == "epoch"][-1]
+    assert last["train_loss"] == pytest.approx(full_last["train_loss"], rel=1e-12)
+
+
+def test_cifar_without_data_dir_is_one_line_error(tmp_path):
+    proc = horovodrun(1, [RECIPES / "cifar10_resnet.py"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "error: --data-dir is required" in proc.stderr
+
+
+def write_image_folders(root: Path, classes=3, train_per_class=6, val_per_class=2, size=40):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def test_imagenet_recipe_on_tiny_folders(tmp_path):
+    write_image_folders(tmp_path / "img")
+    out, proc = run_recipe("imagenet_resnet50.py", 2, tmp_path, "run",
+                           "--train-dir", tmp_path / "img" / "train",
+                           "--val-dir", tmp_path / "img" / "val", "--model", "resnet18",
+                           "--image-size", "32", "--batch-size", "2", "--epochs", "2",
+                           "--warmup-epochs", "1", "--decay-epochs", "2", "--data-workers", "1",
+                           "--label-smoothing", "0.1")
+    final = final_record(out / "metrics.jsonl")
+    assert final["world_size"] == 2 and final["step"] == 8  # 18 / (2 x 2) = 4 steps x 2 epochs
+    assert final["val_top5"] == 1.0  # only 3 classes: the label is always in the top 5
+    assert 0 <= final["val_accuracy"] <= 1
+    assert "resnet18, 3 classes" in proc.stdout
+    epochs = [r for r in read_records(out / "metrics.jsonl") if r["type"] == "epoch"]
+    assert epochs[1]["lr"] == pytest.approx(0.0125 * 2 * 0.1)  # decayed at epoch 2
+
+
+def test_imagenet_param_groups_skip_bn_and_bias():
+    import torchvision
+
+    from recipes.pytorch.imagenet_resnet50 import param_groups
+
+    model = torchvision.models.resnet18(num_classes=3)
+    decay, no_decay = param_groups(model, 5e-5, decay_bn_bias=False)
+    assert decay["weight_decay"] == 5e-5 and no_decay["weight_decay"] == 0.0
+    bn_and_bias = {id(m.weight) for m in model.modules()
+                   if isinstance(m, torch_bn())} | {id(model.fc.bias)}
+    assert bn_and_bias <= {id(p) for p in no_decay["params"]}
+    assert id(model.fc.weight) in {id(p) for p in decay["params"]}
+    assert len(param_groups(model, 5e-5, decay_bn_bias=True)) == 1
+
+
+def torch_bn():
+    import torch
+
+    return torch.nn.BatchNorm2d
+
+
+def test_imagenet_mismatched_classes_fail_before_training(tmp_path):
+    write_image_folders(tmp_path / "img")
+    (tmp_path / "img" / "val" / "class2").rename(tmp_path / "img" / "val" / "other")
+    proc = horovodrun(2, [RECIPES / "imagenet_resnet50.py", "--train-dir", tmp_path / "img" / "train",
+                          "--val-dir", tmp_path / "img" / "val"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "must be the same class folders" in proc.stderr
+
+
+def test_synthetic_benchmark_summary(tmp_path):
+    metrics = tmp_path / "bench.jsonl"
+    proc = horovodrun(2, [RECIPES / "synthetic_benchmark.py", "--model", "resnet18",
+                          "--image-size", "32", "--batch-size", "2", "--num-iters", "3",
+                          "--num-batches-per-iter", "2", "--num-warmup-batches", "1",
+                          "--fp16-allreduce", "--metrics-file", metrics], cwd=tmp_path)
+    [rec] = [r for r in read_records(metrics) if r["type"] == "benchmark"]
+    assert rec["world_size"] == 2 and rec["fp16_allreduce"] is True and rec["model"] == "resnet18"
+    assert rec["img_per_sec_total"] == pytest.approx(2 * rec["img_per_sec_per_worker"])
+    assert rec["img_per_sec_per_worker"] > 0 and rec["img_per_sec_total_ci95"] >= 0
+    assert proc.stdout.count("total img/s on 2 worker(s)") == 1
+
+
+def _worker_pids_on(host: str, script: str) -> list[int]:
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (any(script.encode() in c for c in cmd) and cmd[0].endswith(b"python")
+                and f"HOROVOD_HOSTNAME={host}".encode() in env):
+            pids.append(int(pid))
+    return pids
+
+
+def test_elastic_run_survives_a_killed_worker(tmp_path):
+    discover = tmp_path / "discover_hosts.sh"
+    discover.write_text("#!/bin/sh\necho localhost:2\necho 127.0.0.1:1\n")
+    discover.chmod(0o755)
+    metrics = tmp_path / "metrics.jsonl"
+    script = str(RECIPES / "elastic_mnist.py")
+    cmd = [str(BIN / "horovodrun"), "-np", "3", "--min-np", "2", "--max-np", "3",
+           "--host-discovery-script", str(discover), str(BIN / "python"), script,
+           "--epochs", "30", "--batch-size", "8", "--commit-steps", "5",
+           "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-file", str(metrics)]
+    job = subprocess.Popen(cmd, cwd=tmp_path, env=job_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not (metrics.exists() and read_records(metrics)):  # wait for epoch 1 on 3 workers
+            assert job.poll() is None, job.stdout.read()
+            assert time.monotonic() < deadline, "elastic job never finished an epoch"
+            time.sleep(0.2)
+        victims = _worker_pids_on("127.0.0.1", script)
+        assert len(victims) == 1, victims
+        os.kill(victims[0], signal.SIGKILL)
+        output, _ = job.communicate(timeout=HANG_GUARD_S)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, output[-5000:]
+    records = read_records(metrics)
+    sizes = [r["world_size"] for r in records if r["type"] == "epoch"]
+    assert sizes[0] == 3 and sizes[-1] == 2, sizes
+    assert [r["epoch"] for r in records if r["type"] == "epoch"][-1] == 30
+    final = final_record(metrics)
+    assert final["world_size"] == 2
+    assert "world changed: 2 worker(s) now" in output
