@@ -1,4 +1,4 @@
-"""The PyTorch recipe suite under horovodrun on tiny data: CIFAR-10, ImageNet folders, benchmark, elastic.
+"""The PyTorch recipe suite under horovodrun on tiny data: CIFAR-10, ImageNet folders, benchmark, elastic."""
 
 from __future__ import annotations
 
