@@ -104,15 +104,23 @@ class TrainConfig:
         return d
 
 
-def save_resolved(path: str, recipe: str, cfg: TrainConfig, recipe_args: dict[str, Any],
-                  world_size: int) -> None:
-    """Write the resolved configuration (core and recipe values) as YAML, atomically."""
+def resolved(recipe: str, cfg: TrainConfig, recipe_args: dict[str, Any],
+             world_size: int) -> dict[str, Any]:
+    """The run's whole configuration: recipe, world size, core values, then the recipe's own."""
+    core = cfg.as_dict()
+    return {"recipe": recipe, "world_size": world_size, **core,
+            **{k: v for k, v in sorted(recipe_args.items()) if k not in core and k != "config"}}
+
+
+def one_line(config: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in config.items())
+
+
+def save_resolved(path: str, config: dict[str, Any]) -> None:
+    """Write a resolved configuration as YAML, atomically (rank 0 only)."""
     from common.checkpoint import atomic_write
 
-    core = cfg.as_dict()
-    doc = {"recipe": recipe, "world_size": world_size, **core,
-           **{k: v for k, v in sorted(recipe_args.items()) if k not in core and k != "config"}}
-    text = yaml.safe_dump(doc, sort_keys=False)
+    text = yaml.safe_dump(config, sort_keys=False)
     atomic_write(path, lambda f: f.write(text), mode="w")
 
 
@@ -196,6 +204,7 @@ def core_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
 
 
 _CORE_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+_INFORMATIONAL = {"recipe", "world_size"}
 
 
 def parse_config(
@@ -227,6 +236,8 @@ def _read_yaml(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     out = {}
     for key, value in data.items():
         dest = str(key).replace("-", "_")
+        if dest in _INFORMATIONAL:  # written by save_resolved; describes the run, sets nothing
+            continue
         if dest not in actions or dest in ("help", "config"):
             raise ConfigError(f"--config {path!r}: unknown key {key!r}")
         kind = actions[dest].type

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from common import torch_backend as tb
-from common.config import TrainConfig, save_resolved
+from common.config import TrainConfig, one_line, resolved, save_resolved
 from common.failure import UserError
 from common.metrics import MetricSums, Throughput
 from common.output import Reporter
@@ -74,9 +74,10 @@ def fit(rt: Runtime, cfg: TrainConfig, recipe: str, model: torch.nn.Module,
         notices.append(precision.notice)
     for notice in notices:
         out.print(f"note: {notice}")
+    config = resolved(recipe, cfg, recipe_args or {}, rt.size)
+    out.print(f"config: {one_line(config)}")
     if rt.is_root and cfg.checkpoint_dir:
-        save_resolved(os.path.join(cfg.checkpoint_dir, "config.yaml"), recipe, cfg,
-                      recipe_args or {}, rt.size)
+        save_resolved(os.path.join(cfg.checkpoint_dir, "config.yaml"), config)
     out.print(f"{recipe}: {len(train_set)} train / {len(val_set)} val samples{describe}, "
               f"{rt.size} worker(s) x batch {cfg.batch_size} x {cfg.batches_per_allreduce} "
               f"pass(es), {n_steps} steps/epoch, LR {cfg.base_lr:g} -> {schedule.target_lr:g}")

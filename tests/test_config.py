@@ -57,3 +57,21 @@ def test_bad_yaml(tmp_path, text, message):
     f.write_text(text)
     with pytest.raises(ConfigError, match=message):
         parse(["--config", str(f)])
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    import yaml
+
+    from common.config import resolved, save_resolved
+
+    cfg = parse(["--epochs", "4", "--decay-epochs", "2", "3", "--lr-decay", "step"])
+    doc = resolved("pytorch/x", cfg, {"depth": 20, "epochs": 4, "config": None}, 2)
+    save_resolved(str(tmp_path / "config.yaml"), doc)
+    back = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert back["recipe"] == "pytorch/x" and back["world_size"] == 2 and back["depth"] == 20
+    assert back["decay_epochs"] == [2, 3] and "config" not in back
+    # what was saved can be fed back with --config and gives the same run
+    parser = core_parser("test")
+    parser.add_argument("--depth", type=int, default=56)
+    again, args = parse_config(parser, ["--config", str(tmp_path / "config.yaml")])
+    assert again == cfg and args.depth == 20

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from common import torch_backend as tb
-from common.config import ConfigError, core_parser, parse_config
+from common.config import ConfigError, core_parser, one_line, parse_config, resolved
 from common.data import load_mnist_or_digits
 from common.failure import run_main
 from common.metrics import MetricSums
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     checkpointer = tb.Checkpointer(rt, cfg, RECIPE, model, optimizer, steps_now())
     progress, notices = checkpointer.restore()
     out = Reporter(rt.is_root, cfg.metrics_file, cfg.progress, cfg.log_dir)
+    out.print(f"config: {one_line(resolved(RECIPE, cfg, vars(args), rt.size))}")
     for notice in notices:
         out.print(f"note: {notice}")
     state = hvd.elastic.TorchState(model=model, optimizer=optimizer, train_sampler=sampler,
