@@ -219,3 +219,38 @@ def test_elastic_run_survives_a_killed_worker(tmp_path):
     final = final_record(metrics)
     assert final["world_size"] == 2
     assert "world changed: 2 worker(s) now" in output
+
+
+def test_single_process_amp_notice_tensorboard_and_config(tmp_path):
+    """Alone (no launcher): --amp on CPU is a one-line notice; --log-dir gets TensorBoard scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (tmp_path / "c.yaml").write_text("epochs: 2\nbatch-size: 64\n")
+    proc = subprocess.run([str(BIN / "python"), str(RECIPES / "mnist.py"), "--config",
+                           str(tmp_path / "c.yaml"), "--amp", "--log-dir", str(tmp_path / "tb"),
+                           "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-file",
+                           str(tmp_path / "m.jsonl")], cwd=tmp_path, env=job_env(),
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("note: --amp ignored: no CUDA device") == 1
+    assert "epochs=2 batch_size=64" in proc.stdout  # the resolved config, printed once
+    assert proc.stdout.count("config: ") == 1
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/accuracy", "lr", "samples_per_sec"} <= tags
+    assert [e.step for e in events.Scalars("val/accuracy")] == [22, 44]  # 1,438 // 64 per epoch
+    final = final_record(tmp_path / "m.jsonl")
+    assert events.Scalars("val/accuracy")[-1].value == pytest.approx(final["val_accuracy"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_amp_on_gpu_trains(tmp_path):
+    proc = subprocess.run([str(BIN / "python"), str(RECIPES / "mnist.py"), "--amp",
+                           "--epochs", "3", "--checkpoint-dir", str(tmp_path / "ckpt"),
+                           "--metrics-file", str(tmp_path / "m.jsonl")], cwd=tmp_path,
+                          env=job_env(), capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--amp ignored" not in proc.stdout
+    assert final_record(tmp_path / "m.jsonl")["val_accuracy"] > 0.5
