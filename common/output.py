@@ -46,7 +46,10 @@ class Reporter:
 
     def print(self, *args: Any) -> None:
         if self.is_root:
-            print(*args, flush=True)
+            # One write per line: mpirun --tag-output tags every write, so text and newline
+            # written apart would leave a stray tag at the end of the line.
+            sys.stdout.write(" ".join(map(str, args)) + "\n")
+            sys.stdout.flush()
 
     def bar(self, total: int, desc: str) -> tqdm:
         """A tqdm bar over ``total`` steps (disabled off rank 0 or off a terminal)."""
