@@ -74,6 +74,41 @@ class Reporter:
             self._writer.close()
             self._writer = None
 
+    def epoch(self, *, epoch: int, epochs: int, step: int, lr: float, train, val,
+              samples_per_sec: float, world_size: int, elapsed: float,
+              checkpoint: str | None, **extra: float) -> None:
+        """The end of an epoch: one printed line, one JSON record, TensorBoard scalars.
+
+        ``train`` and ``val`` are global MetricSums; ``extra`` adds fields such as val_top5.
+        """
+        self.print(f"epoch {epoch}/{epochs}: train loss {train.loss:.4f} acc {train.accuracy:.4f}"
+                   f" | val loss {val.loss:.4f} acc {val.accuracy:.4f}"
+                   + "".join(f" {k} {v:.4f}" for k, v in extra.items())
+                   + f" | {samples_per_sec:,.0f} samples/s")
+        self.record("epoch", epoch=epoch, step=step, lr=lr, train_loss=train.loss,
+                    train_accuracy=train.accuracy, val_loss=val.loss, val_accuracy=val.accuracy,
+                    **extra, samples_per_sec=samples_per_sec,
+                    samples_per_sec_per_worker=samples_per_sec / world_size,
+                    epoch_time_s=elapsed, checkpoint=checkpoint)
+        self.scalars(step, **{"train/loss": train.loss, "train/accuracy": train.accuracy,
+                              "val/loss": val.loss, "val/accuracy": val.accuracy, "lr": lr,
+                              "samples_per_sec": samples_per_sec})
+
+    def final(self, *, recipe: str, epochs: int, step: int, train, val, samples_per_sec: float,
+              world_size: int, wall: float, checkpoint: str | None,
+              **extra: float) -> dict[str, Any]:
+        """The end of a run: the final JSON record and line; returns the record."""
+        rec = dict(recipe=recipe, world_size=world_size, epochs=epochs, step=step,
+                   train_loss=train.loss, train_accuracy=train.accuracy, val_loss=val.loss,
+                   val_accuracy=val.accuracy, **extra, samples_per_sec=samples_per_sec,
+                   samples_per_sec_per_worker=samples_per_sec / world_size, wall_time_s=wall,
+                   checkpoint=checkpoint)
+        self.record("final", **rec)
+        self.close()
+        self.print(f"final: val accuracy {val.accuracy:.4f} on {world_size} worker(s) in "
+                   f"{wall:.1f}s; checkpoint: {checkpoint}; metrics: {self.metrics_file}")
+        return rec
+
     def record(self, kind: str, **fields: Any) -> None:
         """Append one record of type ``kind`` to the metrics file."""
         if not (self.is_root and self.metrics_file):

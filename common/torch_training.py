@@ -132,22 +132,10 @@ def fit(rt: Runtime, cfg: TrainConfig, recipe: str, model: torch.nn.Module,
         else:  # stopped inside the epoch (--max-steps): keep the partial epoch's sums
             saved = checkpointer.save(tb.Progress(epoch_done, step), local)
         progress = tb.Progress(epoch_done, step, saved or progress.checkpoint)
-        extra = {f"val_top{k}": val_sums.top(k) for k in topk if k != 1}
-        out.print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_sums.loss:.4f} "
-                  f"acc {train_sums.accuracy:.4f} | val loss {val_sums.loss:.4f} "
-                  f"acc {val_sums.accuracy:.4f}"
-                  + "".join(f" {k} {v:.4f}" for k, v in extra.items())
-                  + f" | {samples_per_sec:,.0f} samples/s")
-        out.record("epoch", epoch=epoch + 1, step=step, lr=schedule(max(step - 1, 0)),
-                   train_loss=train_sums.loss, train_accuracy=train_sums.accuracy,
-                   val_loss=val_sums.loss, val_accuracy=val_sums.accuracy, **extra,
-                   samples_per_sec=samples_per_sec,
-                   samples_per_sec_per_worker=samples_per_sec / rt.size,
-                   epoch_time_s=elapsed, checkpoint=saved)
-        out.scalars(step, **{"train/loss": train_sums.loss, "train/accuracy": train_sums.accuracy,
-                             "val/loss": val_sums.loss, "val/accuracy": val_sums.accuracy,
-                             "lr": schedule(max(step - 1, 0)),
-                             "samples_per_sec": samples_per_sec})
+        out.epoch(epoch=epoch + 1, epochs=cfg.epochs, step=step, lr=schedule(max(step - 1, 0)),
+                  train=train_sums, val=val_sums, samples_per_sec=samples_per_sec,
+                  world_size=rt.size, elapsed=elapsed, checkpoint=saved,
+                  **{f"val_top{k}": val_sums.top(k) for k in topk if k != 1})
         if stopped:
             break
 
@@ -155,16 +143,7 @@ def fit(rt: Runtime, cfg: TrainConfig, recipe: str, model: torch.nn.Module,
         val_sums = tb.evaluate(model, loss_fn, val_loader, device, topk,
                                precision).global_sums(tb.allreduce_sum)
         out.print(f"already trained to step {step} ({progress.checkpoint}); nothing to do")
-    wall = run_clock.elapsed
-    final = dict(recipe=recipe, world_size=rt.size, epochs=cfg.epochs, step=step,
-                 train_loss=train_sums.loss, train_accuracy=train_sums.accuracy,
-                 val_loss=val_sums.loss, val_accuracy=val_sums.accuracy,
-                 **{f"val_top{k}": val_sums.top(k) for k in topk if k != 1},
-                 samples_per_sec=samples_per_sec,
-                 samples_per_sec_per_worker=samples_per_sec / rt.size,
-                 wall_time_s=wall, checkpoint=progress.checkpoint)
-    out.record("final", **final)
-    out.close()
-    out.print(f"final: val accuracy {val_sums.accuracy:.4f} on {rt.size} worker(s) in "
-              f"{wall:.1f}s; checkpoint: {progress.checkpoint}; metrics: {cfg.metrics_file}")
-    return final
+    return out.final(recipe=recipe, epochs=cfg.epochs, step=step, train=train_sums,
+                     val=val_sums, samples_per_sec=samples_per_sec, world_size=rt.size,
+                     wall=run_clock.elapsed, checkpoint=progress.checkpoint,
+                     **{f"val_top{k}": val_sums.top(k) for k in topk if k != 1})
