@@ -24,18 +24,20 @@ keras = tfb.tf.keras
 class LRScheduleCallback(keras.callbacks.Callback):
     """Set the optimizer's LR from ``schedule`` before every batch (warmup is per step)."""
 
-    def __init__(self, schedule: LRSchedule, initial_step: int = 0) -> None:
+    def __init__(self, schedule: LRSchedule, initial_step: int = 0,
+                 batches_per_step: int = 1) -> None:
         super().__init__()
         self.schedule = schedule
-        self.step = initial_step
+        self.batches_per_step = batches_per_step  # Keras batches per optimizer step
+        self.batch = initial_step * batches_per_step
         self.last_lr = schedule(initial_step)
 
     def on_train_batch_begin(self, batch, logs=None):
-        self.last_lr = self.schedule(self.step)
+        self.last_lr = self.schedule(self.batch // self.batches_per_step)
         self.model.optimizer.learning_rate.assign(self.last_lr)
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
+        self.batch += 1
 
 
 class MetricAverage(keras.callbacks.Callback):

@@ -105,14 +105,18 @@ def broadcast_state(model, optimizer) -> None:
 
 
 def shard_dataset(images: np.ndarray, labels: np.ndarray, rt: Runtime, seed: int, epoch: int,
-                  batch_size: int, skip_batches: int = 0) -> tf.data.Dataset:
+                  batch_size: int, skip_batches: int = 0,
+                  samples_per_step: int | None = None) -> tf.data.Dataset:
     """This rank's batches of an epoch, in the same order the PyTorch recipes use.
 
     All ranks draw one permutation from (seed, epoch) and rank r takes every size-th sample
     (``common.data.shard_indices``), so shards are disjoint, reshuffled every epoch, equal in
-    length (the tail is dropped) and identical to the PyTorch recipes' for the same flags.
+    length (the tail is dropped) and identical to the PyTorch recipes' for the same flags. The
+    order is drawn before sharding, not per shard, so that it matches PyTorch's exactly.
     """
     idx = shard_indices(len(labels), rt.rank, rt.size, seed, epoch)[skip_batches * batch_size:]
+    if samples_per_step:  # only whole steps (batches of passes), as the other recipes take
+        idx = idx[: len(idx) - len(idx) % samples_per_step]
     ds = tf.data.Dataset.from_tensor_slices((images[idx], labels[idx]))
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 

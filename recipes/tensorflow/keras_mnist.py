@@ -31,11 +31,13 @@ RECIPE = "tensorflow/keras_mnist"
 tf = tfb.tf
 
 
-def epochs_dataset(train, rt, seed: int, first: int, last: int, batch: int) -> tf.data.Dataset:
+def epochs_dataset(train, rt, seed: int, first: int, last: int, batch: int,
+                   samples_per_step: int) -> tf.data.Dataset:
     """Epochs first..last-1 of this rank's batches, back to back, as model.fit reads them."""
     ds = None
     for epoch in range(first, last):
-        part = tfb.shard_dataset(train.images[..., None], train.labels, rt, seed, epoch, batch)
+        part = tfb.shard_dataset(train.images[..., None], train.labels, rt, seed, epoch, batch,
+                                 samples_per_step=samples_per_step)
         ds = part if ds is None else ds.concatenate(part)
     return ds
 
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     model = build_model(train.images.shape[1])
     optimizer = hvd_keras.DistributedOptimizer(  # distributed
         tf.keras.optimizers.SGD(cfg.base_lr, momentum=cfg.momentum),
-        compression=tfb.compression(cfg), backward_passes_per_step=1,
+        compression=tfb.compression(cfg), backward_passes_per_step=cfg.batches_per_allreduce,
+        average_aggregated_gradients=True,  # mean over the passes, as in the PyTorch recipes
         op=hvd_keras.Adasum if cfg.use_adasum else hvd_keras.Average,
         gradient_predivide_factor=cfg.gradient_predivide_factor)
     model.compile(optimizer=optimizer, metrics=["accuracy"],
@@ -71,19 +74,22 @@ def main(argv: list[str] | None = None) -> None:
     if epoch0 * n_steps != step:
         out.print(f"note: model.fit resumes at epoch boundaries: epoch {epoch0 + 1} restarts")
     schedule = LRSchedule.from_config(cfg, rt.size, n_steps)
-    lr = kc.LRScheduleCallback(schedule, epoch0 * n_steps)
+    passes = cfg.batches_per_allreduce  # model.fit sees each pass as a batch
+    lr = kc.LRScheduleCallback(schedule, epoch0 * n_steps, batches_per_step=passes)
     ckpt = kc.CheckpointCallback(checkpointer, n_steps, cfg.epochs, cfg.checkpoint_epochs)
     ckpt.last_path = last_path
     val_shard = len(shard_indices(len(val), rt.rank, rt.size, 0, 0, False, drop_tail=False))
     report = kc.ReportCallback(out, cfg.epochs, n_steps, rt.size,
                                n_steps * samples_per_step * rt.size, lr, ckpt)
     out.print(f"{RECIPE}: {len(train)} train / {len(val)} val samples ({train.name}), "
-              f"{rt.size} worker(s) x batch {cfg.batch_size}, {n_steps} steps/epoch, "
+              f"{rt.size} worker(s) x batch {cfg.batch_size} x {passes} pass(es), "
+              f"{n_steps} steps/epoch, "
               f"LR {cfg.base_lr:g} -> {schedule.target_lr:g}")
     clock = Throughput()
     if epoch0 < cfg.epochs:
-        model.fit(epochs_dataset(train, rt, cfg.seed, epoch0, cfg.epochs, samples_per_step),
-                  epochs=cfg.epochs, initial_epoch=epoch0, steps_per_epoch=n_steps,
+        model.fit(epochs_dataset(train, rt, cfg.seed, epoch0, cfg.epochs, cfg.batch_size,
+                                 samples_per_step),
+                  epochs=cfg.epochs, initial_epoch=epoch0, steps_per_epoch=n_steps * passes,
                   validation_data=tfb.eval_dataset(val.images[..., None], val.labels, rt),
                   callbacks=[kc.MetricAverage(n_steps * samples_per_step, val_shard),
                              lr, ckpt, report],
