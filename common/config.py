@@ -203,6 +203,28 @@ def core_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     return p
 
 
+def add_benchmark_flags(parser: argparse.ArgumentParser, default_model: str,
+                        model_help: str) -> None:
+    """The synthetic benchmarks' flags (both frameworks): model, image size and timing loop."""
+    b = parser.add_argument_group("benchmark")
+    b.add_argument("--model", default=default_model, help=model_help)
+    b.add_argument("--image-size", type=int, default=224, help="image side in pixels")
+    b.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
+    b.add_argument("--num-warmup-batches", type=int, default=10,
+                   help="untimed batches before measuring")
+    b.add_argument("--num-batches-per-iter", type=int, default=10,
+                   help="batches per timed iteration")
+    b.add_argument("--num-iters", type=int, default=10, help="timed iterations")
+
+
+def check_benchmark_args(args: argparse.Namespace) -> None:
+    if args.num_iters < 1 or args.num_batches_per_iter < 1 or args.num_warmup_batches < 0:
+        raise ConfigError("--num-iters and --num-batches-per-iter must be >= 1, "
+                          "--num-warmup-batches >= 0")
+    if args.image_size < 8 or args.num_classes < 1:
+        raise ConfigError("--image-size must be >= 8 and --num-classes >= 1")
+
+
 _CORE_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _INFORMATIONAL = {"recipe", "world_size"}
 

@@ -77,3 +77,9 @@ class Throughput:
 
     def rate(self, samples: float) -> float:
         return samples / max(self.elapsed, 1e-9)
+
+
+def mean_ci95(values) -> tuple[float, float]:
+    """Mean and half-width of a 95% interval (1.96 sample standard deviations) of measurements."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), (float(1.96 * a.std(ddof=1)) if len(a) > 1 else 0.0)

@@ -13,6 +13,7 @@ import math
 import sys
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from common.checkpoint import atomic_write
@@ -107,6 +108,24 @@ class Reporter:
         self.close()
         self.print(f"final: val accuracy {val.accuracy:.4f} on {world_size} worker(s) in "
                    f"{wall:.1f}s; checkpoint: {checkpoint}; metrics: {self.metrics_file}")
+        return rec
+
+    def benchmark(self, rates: list[float], allreduce_sum, world_size: int,
+                  **fields: Any) -> dict[str, Any]:
+        """Summarise a throughput benchmark (a collective): this rank's images/s per iteration
+        are summed over ranks per iteration; prints per-worker and total mean +- 95% interval
+        and writes a ``"type": "benchmark"`` record with ``fields``."""
+        from common.metrics import mean_ci95
+
+        totals = allreduce_sum(np.asarray(rates, dtype=np.float64))
+        w_mean, w_ci = mean_ci95(totals / world_size)
+        t_mean, t_ci = mean_ci95(totals)
+        self.print(f"img/s per worker: {w_mean:.1f} +- {w_ci:.1f}")
+        self.print(f"total img/s on {world_size} worker(s): {t_mean:.1f} +- {t_ci:.1f}")
+        rec = dict(fields, world_size=world_size, iterations=len(rates),
+                   img_per_sec_per_worker=w_mean, img_per_sec_per_worker_ci95=w_ci,
+                   img_per_sec_total=t_mean, img_per_sec_total_ci95=t_ci)
+        self.record("benchmark", **rec)
         return rec
 
     def record(self, kind: str, **fields: Any) -> None:
