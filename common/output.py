@@ -86,7 +86,8 @@ class Reporter:
                    f" | val loss {val.loss:.4f} acc {val.accuracy:.4f}"
                    + "".join(f" {k} {v:.4f}" for k, v in extra.items())
                    + f" | {samples_per_sec:,.0f} samples/s")
-        self.record("epoch", epoch=epoch, step=step, lr=lr, train_loss=train.loss,
+        self.record("epoch", epoch=epoch, step=step, lr=lr, world_size=world_size,
+                    train_loss=train.loss,
                     train_accuracy=train.accuracy, val_loss=val.loss, val_accuracy=val.accuracy,
                     **extra, samples_per_sec=samples_per_sec,
                     samples_per_sec_per_worker=samples_per_sec / world_size,

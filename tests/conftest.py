@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,55 @@ def load_checkpoint(path: str | Path) -> dict:
 def max_abs_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def _worker_pids_on(host: str, script: str) -> list[int]:
+    """Training processes of ``script`` that horovodrun started for ``host``."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (any(script.encode() in c for c in cmd) and cmd[0].endswith(b"python")
+                and f"HOROVOD_HOSTNAME={host}".encode() in env):
+            pids.append(int(pid))
+    return pids
+
+
+def run_elastic_and_kill_one(script: Path, tmp_path: Path, epochs: int = 30):
+    """An elastic job on 3 workers (hosts localhost:2 and 127.0.0.1:1, no ssh): once it has
+    finished an epoch, SIGKILL the 127.0.0.1 worker; the job must end well on 2 workers.
+
+    Returns (metrics records, job output)."""
+    discover = tmp_path / "discover_hosts.sh"
+    discover.write_text("#!/bin/sh\necho localhost:2\necho 127.0.0.1:1\n")
+    discover.chmod(0o755)
+    metrics = tmp_path / "metrics.jsonl"
+    cmd = [str(BIN / "horovodrun"), "-np", "3", "--min-np", "2", "--max-np", "3",
+           "--host-discovery-script", str(discover), str(BIN / "python"), str(script),
+           "--epochs", str(epochs), "--batch-size", "8", "--commit-steps", "5",
+           "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-file", str(metrics)]
+    job = subprocess.Popen(cmd, cwd=tmp_path, env=job_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not (metrics.exists() and read_records(metrics)):  # epoch 1 done on 3 workers
+            assert job.poll() is None, job.stdout.read()
+            assert time.monotonic() < deadline, "elastic job never finished an epoch"
+            time.sleep(0.2)
+        victims = _worker_pids_on("127.0.0.1", str(script))
+        assert len(victims) == 1, victims
+        os.kill(victims[0], signal.SIGKILL)
+        output, _ = job.communicate(timeout=HANG_GUARD_S)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, output[-5000:]
+    records = read_records(metrics)
+    epochs_seen = [r for r in records if r["type"] == "epoch"]
+    sizes = [r["world_size"] for r in epochs_seen]
+    assert sizes[0] == 3 and sizes[-1] == 2, sizes
+    assert epochs_seen[-1]["epoch"] == epochs
+    return records, output

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ from conftest import (
     load_checkpoint,
     max_abs_diff,
     read_records,
+    run_elastic_and_kill_one,
 )
 
 RECIPES = ROOT / "recipes" / "pytorch"
@@ -172,53 +170,10 @@ def test_synthetic_benchmark_summary(tmp_path):
     assert proc.stdout.count("total img/s on 2 worker(s)") == 1
 
 
-def _worker_pids_on(host: str, script: str) -> list[int]:
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (any(script.encode() in c for c in cmd) and cmd[0].endswith(b"python")
-                and f"HOROVOD_HOSTNAME={host}".encode() in env):
-            pids.append(int(pid))
-    return pids
-
-
 def test_elastic_run_survives_a_killed_worker(tmp_path):
-    discover = tmp_path / "discover_hosts.sh"
-    discover.write_text("#!/bin/sh\necho localhost:2\necho 127.0.0.1:1\n")
-    discover.chmod(0o755)
-    metrics = tmp_path / "metrics.jsonl"
-    script = str(RECIPES / "elastic_mnist.py")
-    cmd = [str(BIN / "horovodrun"), "-np", "3", "--min-np", "2", "--max-np", "3",
-           "--host-discovery-script", str(discover), str(BIN / "python"), script,
-           "--epochs", "30", "--batch-size", "8", "--commit-steps", "5",
-           "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-file", str(metrics)]
-    job = subprocess.Popen(cmd, cwd=tmp_path, env=job_env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + HANG_GUARD_S
-        while not (metrics.exists() and read_records(metrics)):  # wait for epoch 1 on 3 workers
-            assert job.poll() is None, job.stdout.read()
-            assert time.monotonic() < deadline, "elastic job never finished an epoch"
-            time.sleep(0.2)
-        victims = _worker_pids_on("127.0.0.1", script)
-        assert len(victims) == 1, victims
-        os.kill(victims[0], signal.SIGKILL)
-        output, _ = job.communicate(timeout=HANG_GUARD_S)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode == 0, output[-5000:]
-    records = read_records(metrics)
-    sizes = [r["world_size"] for r in records if r["type"] == "epoch"]
-    assert sizes[0] == 3 and sizes[-1] == 2, sizes
-    assert [r["epoch"] for r in records if r["type"] == "epoch"][-1] == 30
-    final = final_record(metrics)
-    assert final["world_size"] == 2
+    records, output = run_elastic_and_kill_one(RECIPES / "elastic_mnist.py", tmp_path)
     assert "world changed: 2 worker(s) now" in output
+    assert final_record(tmp_path / "metrics.jsonl")["world_size"] == 2
 
 
 def test_single_process_amp_notice_tensorboard_and_config(tmp_path):

@@ -7,7 +7,14 @@ import os
 
 import numpy as np
 import pytest
-from conftest import HELPERS, ROOT, final_record, horovodrun, read_records
+from conftest import (
+    HELPERS,
+    ROOT,
+    final_record,
+    horovodrun,
+    read_records,
+    run_elastic_and_kill_one,
+)
 
 TF = ROOT / "recipes" / "tensorflow"
 PT = ROOT / "recipes" / "pytorch"
@@ -117,3 +124,24 @@ def test_lr_schedule_callback_warmup_endpoints():
         cb.on_train_batch_end(b)
     assert seen[0] == pytest.approx(0.1) and seen[10] == pytest.approx(0.4)
     assert all(x < y for x, y in zip(seen[:10], seen[1:11], strict=True))
+
+
+def test_elastic_keras_run_survives_a_killed_worker(tmp_path):
+    records, output = run_elastic_and_kill_one(TF / "elastic_keras_mnist.py", tmp_path,
+                                               epochs=20)
+    assert "2 worker(s): epochs" in output  # the callbacks were rebuilt for the new world
+    assert final_record(tmp_path / "metrics.jsonl")["world_size"] == 2
+    epochs = [r["epoch"] for r in records if r["type"] == "epoch"]
+    assert set(epochs) == set(range(1, 21))  # no epoch skipped (a restarted one repeats)
+
+
+def test_tf_synthetic_benchmark_summary(tmp_path):
+    metrics = tmp_path / "bench.jsonl"
+    proc = horovodrun(2, [TF / "synthetic_benchmark.py", "--model", "MobileNetV2",
+                          "--image-size", "32", "--batch-size", "2", "--num-iters", "3",
+                          "--num-batches-per-iter", "2", "--num-warmup-batches", "1",
+                          "--metrics-file", metrics], cwd=tmp_path)
+    [rec] = [r for r in read_records(metrics) if r["type"] == "benchmark"]
+    assert rec["world_size"] == 2 and rec["model"] == "MobileNetV2"
+    assert rec["img_per_sec_total"] == pytest.approx(2 * rec["img_per_sec_per_worker"])
+    assert proc.stdout.count("total img/s on 2 worker(s)") == 1
