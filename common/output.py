@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -74,6 +75,26 @@ class Reporter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    def start(self, *, recipe: str, cfg, recipe_args: dict[str, Any] | None, world_size: int,
+              notices: list[str], n_train: int, n_val: int, describe: str, n_steps: int,
+              target_lr: float, epoch: int, step: int, checkpoint: str | None) -> None:
+        """The start of a run: notices, the resolved config (printed once and saved as
+        config.yaml beside the checkpoints), the run's shape, and where it resumed from."""
+        from common.config import one_line, resolved, save_resolved
+
+        for notice in notices:
+            self.print(f"note: {notice}")
+        config = resolved(recipe, cfg, recipe_args or {}, world_size)
+        self.print(f"config: {one_line(config)}")
+        if self.is_root and cfg.checkpoint_dir:
+            save_resolved(os.path.join(cfg.checkpoint_dir, "config.yaml"), config)
+        self.print(f"{recipe}: {n_train} train / {n_val} val samples{describe}, "
+                   f"{world_size} worker(s) x batch {cfg.batch_size} x "
+                   f"{cfg.batches_per_allreduce} pass(es), {n_steps} steps/epoch, "
+                   f"LR {cfg.base_lr:g} -> {target_lr:g}")
+        if step:
+            self.print(f"resumed from {checkpoint} (epoch {epoch}, step {step})")
 
     def epoch(self, *, epoch: int, epochs: int, step: int, lr: float, train, val,
               samples_per_sec: float, world_size: int, elapsed: float,

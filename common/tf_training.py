@@ -10,13 +10,12 @@ micro-batches' activations are held at once).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
 from common import tf_backend as tfb
-from common.config import TrainConfig, one_line, resolved, save_resolved
+from common.config import TrainConfig
 from common.data import steps_per_epoch
 from common.failure import UserError
 from common.metrics import MetricSums, Throughput
@@ -66,17 +65,10 @@ def fit(rt: Runtime, cfg: TrainConfig, recipe: str, model, optimizer, train, val
     optimizer.build(model.trainable_variables)
     checkpointer = tfb.Checkpointer(rt, cfg, recipe, model, optimizer, n_steps)
     epoch0, step, last_path, notices = checkpointer.restore()  # distributed: broadcast too
-    for notice in notices:
-        out.print(f"note: {notice}")
-    config = resolved(recipe, cfg, recipe_args or {}, rt.size)
-    out.print(f"config: {one_line(config)}")
-    if rt.is_root and cfg.checkpoint_dir:
-        save_resolved(os.path.join(cfg.checkpoint_dir, "config.yaml"), config)
-    out.print(f"{recipe}: {len(train)} train / {len(val)} val samples{describe}, "
-              f"{rt.size} worker(s) x batch {cfg.batch_size} x {cfg.batches_per_allreduce} "
-              f"pass(es), {n_steps} steps/epoch, LR {cfg.base_lr:g} -> {schedule.target_lr:g}")
-    if step:
-        out.print(f"resumed from {last_path} (epoch {epoch0}, step {step})")
+    out.start(recipe=recipe, cfg=cfg, recipe_args=recipe_args, world_size=rt.size,
+              notices=notices, n_train=len(train), n_val=len(val), describe=describe,
+              n_steps=n_steps, target_lr=schedule.target_lr, epoch=epoch0, step=step,
+              checkpoint=last_path)
 
     images, val_images = train.images[..., None], val.images[..., None]
     train_step = make_train_step(model, optimizer, cfg)

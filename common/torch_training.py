@@ -17,7 +17,6 @@ steps (no ``hvd.join`` needed); validation keeps every sample and reduces sums o
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from common import torch_backend as tb
-from common.config import TrainConfig, one_line, resolved, save_resolved
+from common.config import TrainConfig
 from common.failure import UserError
 from common.metrics import MetricSums, Throughput
 from common.output import Reporter
@@ -72,18 +71,10 @@ def fit(rt: Runtime, cfg: TrainConfig, recipe: str, model: torch.nn.Module,
     progress, notices = checkpointer.restore()
     if precision.notice:
         notices.append(precision.notice)
-    for notice in notices:
-        out.print(f"note: {notice}")
-    config = resolved(recipe, cfg, recipe_args or {}, rt.size)
-    out.print(f"config: {one_line(config)}")
-    if rt.is_root and cfg.checkpoint_dir:
-        save_resolved(os.path.join(cfg.checkpoint_dir, "config.yaml"), config)
-    out.print(f"{recipe}: {len(train_set)} train / {len(val_set)} val samples{describe}, "
-              f"{rt.size} worker(s) x batch {cfg.batch_size} x {cfg.batches_per_allreduce} "
-              f"pass(es), {n_steps} steps/epoch, LR {cfg.base_lr:g} -> {schedule.target_lr:g}")
-    if progress.step:
-        out.print(f"resumed from {progress.checkpoint} (epoch {progress.epoch}, "
-                  f"step {progress.step})")
+    out.start(recipe=recipe, cfg=cfg, recipe_args=recipe_args, world_size=rt.size,
+              notices=notices, n_train=len(train_set), n_val=len(val_set), describe=describe,
+              n_steps=n_steps, target_lr=schedule.target_lr, epoch=progress.epoch,
+              step=progress.step, checkpoint=progress.checkpoint)
 
     step, run_clock = progress.step, Throughput()
     train_sums = val_sums = MetricSums(topk)
