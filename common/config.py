@@ -135,6 +135,18 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see --help)")
 
 
+# The MNIST recipes' shared hyper-parameters (PyTorch, TF custom loop, Keras, both elastic ones):
+# one place, so that every framework trains the same run for the same flags.
+MNIST_DEFAULTS: dict[str, Any] = {"epochs": 12, "batch_size": 32, "base_lr": 0.05,
+                                  "warmup_epochs": 2, "lr_decay": "cosine"}
+
+
+def run_dirs(name: str) -> dict[str, str]:
+    """Default checkpoint folder and metrics file of a recipe: runs/<name>/..."""
+    return {"checkpoint_dir": f"runs/{name}/checkpoints",
+            "metrics_file": f"runs/{name}/metrics.jsonl"}
+
+
 def core_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     """A parser holding the core flags; ``defaults`` override TrainConfig's defaults per recipe."""
     base = TrainConfig(**defaults)

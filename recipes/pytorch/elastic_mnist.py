@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from common import torch_backend as tb
-from common.config import ConfigError, core_parser, one_line, parse_config, resolved
+from common.config import MNIST_DEFAULTS, ConfigError, core_parser, one_line, parse_config, resolved, run_dirs
 from common.data import load_mnist_or_digits
 from common.failure import run_main
 from common.metrics import MetricSums
@@ -30,10 +30,8 @@ RECIPE = "pytorch/elastic_mnist"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = core_parser(__doc__.splitlines()[0], epochs=12, batch_size=32, base_lr=0.05,
-                         warmup_epochs=2, lr_decay="cosine",
-                         checkpoint_dir="runs/elastic_mnist/checkpoints",
-                         metrics_file="runs/elastic_mnist/metrics.jsonl")
+    parser = core_parser(__doc__.splitlines()[0], **MNIST_DEFAULTS,
+                         **run_dirs("elastic_mnist"))
     parser.add_argument("--commit-steps", type=int, default=10,
                         help="commit the elastic state every N steps (rollback point on failure)")
     cfg, args = parse_config(parser, argv)

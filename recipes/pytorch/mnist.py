@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import torch_backend as tb
-from common.config import core_parser, parse_config
+from common.config import MNIST_DEFAULTS, core_parser, parse_config, run_dirs
 from common.data import load_mnist_or_digits
 from common.failure import run_main
 from common.torch_training import fit
@@ -47,10 +47,8 @@ def as_tensors(ds) -> torch.utils.data.TensorDataset:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = core_parser(__doc__.splitlines()[0], epochs=12, batch_size=32, base_lr=0.05,
-                         warmup_epochs=2, lr_decay="cosine",
-                         checkpoint_dir="runs/mnist/checkpoints",
-                         metrics_file="runs/mnist/metrics.jsonl")
+    parser = core_parser(__doc__.splitlines()[0], **MNIST_DEFAULTS,
+                         **run_dirs("mnist"))
     cfg, args = parse_config(parser, argv)
     rt, device = tb.init(cfg)  # distributed: hvd.init, threads and device per rank
 

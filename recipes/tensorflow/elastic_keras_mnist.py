@@ -21,7 +21,7 @@ import horovod.tensorflow.keras as hvd  # noqa: E402
 
 from common import keras_callbacks as kc  # noqa: E402
 from common import tf_backend as tfb  # noqa: E402
-from common.config import ConfigError, core_parser, one_line, parse_config, resolved  # noqa: E402
+from common.config import MNIST_DEFAULTS, ConfigError, core_parser, one_line, parse_config, resolved, run_dirs  # noqa: E402
 from common.data import load_mnist_or_digits, shard_indices, steps_per_epoch  # noqa: E402
 from common.failure import run_main  # noqa: E402
 from common.metrics import Throughput  # noqa: E402
@@ -52,10 +52,8 @@ class EpochState(tf.keras.callbacks.Callback):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = core_parser(__doc__.splitlines()[0], epochs=12, batch_size=32, base_lr=0.05,
-                         warmup_epochs=2, lr_decay="cosine",
-                         checkpoint_dir="runs/elastic_keras_mnist/checkpoints",
-                         metrics_file="runs/elastic_keras_mnist/metrics.jsonl")
+    parser = core_parser(__doc__.splitlines()[0], **MNIST_DEFAULTS,
+                         **run_dirs("elastic_keras_mnist"))
     parser.add_argument("--commit-steps", type=int, default=10,
                         help="commit the elastic state every N batches (rollback point)")
     cfg, args = parse_config(parser, argv)

@@ -19,7 +19,7 @@ import horovod.tensorflow.keras as hvd_keras  # noqa: E402
 
 from common import keras_callbacks as kc  # noqa: E402
 from common import tf_backend as tfb  # noqa: E402
-from common.config import core_parser, one_line, parse_config, resolved  # noqa: E402
+from common.config import MNIST_DEFAULTS, core_parser, one_line, parse_config, resolved, run_dirs  # noqa: E402
 from common.data import load_mnist_or_digits, shard_indices, steps_per_epoch  # noqa: E402
 from common.failure import UserError, run_main  # noqa: E402
 from common.metrics import Throughput  # noqa: E402
@@ -43,10 +43,8 @@ def epochs_dataset(train, rt, seed: int, first: int, last: int, batch: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = core_parser(__doc__.splitlines()[0], epochs=12, batch_size=32, base_lr=0.05,
-                         warmup_epochs=2, lr_decay="cosine",
-                         checkpoint_dir="runs/keras_mnist/checkpoints",
-                         metrics_file="runs/keras_mnist/metrics.jsonl")
+    parser = core_parser(__doc__.splitlines()[0], **MNIST_DEFAULTS,
+                         **run_dirs("keras_mnist"))
     cfg, args = parse_config(parser, argv)
     rt = tfb.init(cfg)  # distributed
     out = Reporter(rt.is_root, cfg.metrics_file, progress=False, log_dir=cfg.log_dir)

@@ -12,7 +12,7 @@ Variables are broadcast from rank 0 once the optimizer is built, before the firs
 from __future__ import annotations
 
 from common import tf_backend as tfb
-from common.config import core_parser, parse_config
+from common.config import MNIST_DEFAULTS, core_parser, parse_config, run_dirs
 from common.data import load_mnist_or_digits
 from common.failure import run_main
 from common.tf_training import fit
@@ -35,10 +35,8 @@ def build_model(image_size: int):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = core_parser(__doc__.splitlines()[0], epochs=12, batch_size=32, base_lr=0.05,
-                         warmup_epochs=2, lr_decay="cosine",
-                         checkpoint_dir="runs/tf_mnist/checkpoints",
-                         metrics_file="runs/tf_mnist/metrics.jsonl")
+    parser = core_parser(__doc__.splitlines()[0], **MNIST_DEFAULTS,
+                         **run_dirs("tf_mnist"))
     cfg, args = parse_config(parser, argv)
     rt = tfb.init(cfg)  # distributed: hvd.init, threads and GPU per rank
 
