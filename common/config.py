@@ -56,10 +56,12 @@ class TrainConfig:
     threads_per_worker: int | None = None
     data_dir: str | None = None
     progress: bool = True
+    mpi_groups: int = 1
 
     def validate(self) -> None:
         """Raise ConfigError for the first value that cannot work."""
-        positive_ints = ("epochs", "batch_size", "batches_per_allreduce", "keep_checkpoints")
+        positive_ints = ("epochs", "batch_size", "batches_per_allreduce", "keep_checkpoints",
+                         "mpi_groups")
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
@@ -97,6 +99,24 @@ class TrainConfig:
             os.path.isdir(self.checkpoint_dir)
         ):
             raise ConfigError(f"--checkpoint-dir {self.checkpoint_dir!r} exists and is not a directory")
+
+    def for_group(self, index: int) -> TrainConfig:
+        """The config of MPI group ``index`` of ``mpi_groups``: seed + index, own output folders.
+
+        Group k writes to <checkpoint-dir>/group<k>, <log-dir>/group<k> and
+        <metrics folder>/group<k>/<metrics file>, so groups never share a file.
+        """
+        def sub(path: str | None, is_file: bool = False) -> str | None:
+            if path is None:
+                return None
+            if is_file:
+                head, tail = os.path.split(path)
+                return os.path.join(head, f"group{index}", tail)
+            return os.path.join(path, f"group{index}")
+
+        return dataclasses.replace(
+            self, seed=self.seed + index, checkpoint_dir=sub(self.checkpoint_dir),
+            log_dir=sub(self.log_dir), metrics_file=sub(self.metrics_file, is_file=True))
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -197,6 +217,10 @@ def core_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
                    help="divide gradients by this before the sum and by size/factor after")
     h.add_argument("--threads-per-worker", type=int, default=base.threads_per_worker,
                    help="CPU threads per worker (default: cores / local workers)")
+    h.add_argument("--mpi-groups", type=int, default=base.mpi_groups,
+                   help="under mpirun: split the processes into N independent trainings "
+                        "(mpi4py sub-communicators); group k uses --seed + k and writes to "
+                        "group<k>/ folders")
     o = p.add_argument_group("checkpoints and output")
     o.add_argument("--checkpoint-dir", default=base.checkpoint_dir,
                    help="rank 0 writes checkpoints here and every run resumes from the newest")
@@ -253,6 +277,10 @@ def parse_config(
     values["decay_epochs"] = tuple(values["decay_epochs"] or ())
     cfg = TrainConfig(**values)
     cfg.validate()
+    if cfg.mpi_groups > 1:
+        from common.runtime import mpi_group
+
+        cfg = cfg.for_group(mpi_group(cfg.mpi_groups)[0])
     return cfg, args
 
 

@@ -3,13 +3,17 @@
 ``init_horovod(hvd)`` takes the framework's Horovod module (``horovod.torch`` or
 ``horovod.tensorflow``) so that this module stays framework-agnostic. Under ``mpirun`` with an
 mpi4py communicator (``comm``), Horovod runs on that communicator; otherwise on all processes
-the launcher started.
+the launcher started. With ``--mpi-groups G`` (:func:`mpi_group`), one ``mpirun`` world is split
+into G independent trainings, each on its own mpi4py sub-communicator.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
+
+from common.failure import UserError
 
 
 @dataclass(frozen=True)
@@ -26,8 +30,14 @@ class Runtime:
         return self.rank == 0
 
 
-def init_horovod(hvd, comm=None) -> Runtime:
-    """Initialise Horovod once (idempotent) and describe this process."""
+def init_horovod(hvd, comm=None, mpi_groups: int = 1) -> Runtime:
+    """Initialise Horovod once (idempotent) and describe this process.
+
+    ``comm``: an mpi4py communicator to run Horovod on. ``mpi_groups`` > 1: run on this process's
+    group of :func:`mpi_group` instead.
+    """
+    if comm is None and mpi_groups > 1:
+        comm = mpi_group(mpi_groups)[1]
     if not hvd.is_initialized():
         if comm is not None:
             hvd.init(comm=comm)
@@ -45,3 +55,27 @@ def threads_per_worker(local_size: int, requested: int | None = None) -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return max(1, cores // max(local_size, 1))
+
+
+@functools.cache
+def mpi_group(groups: int):
+    """Split ``MPI.COMM_WORLD`` into ``groups`` equal, contiguous groups: (this group's index, its comm).
+
+    Collective over the whole MPI world on the first call (cached after), so every process must
+    make it. World ranks 0..n-1 form group 0, the next n group 1, and so on. Needs an MPI launch
+    (``mpirun``, ``srun --mpi=pmix`` or ``horovodrun --mpi``) and a Horovod built with MPI.
+    """
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise UserError(f"--mpi-groups needs mpi4py ({e})") from None
+    world = MPI.COMM_WORLD
+    launched = os.environ.get("HOROVOD_SIZE")  # set by horovodrun for each worker
+    if launched is not None and int(launched) != world.Get_size():
+        raise UserError(f"--mpi-groups needs an MPI launch (mpirun, or horovodrun --mpi): MPI sees "
+                        f"{world.Get_size()} process(es) but the launcher started {launched}")
+    if world.Get_size() % groups:
+        raise UserError(f"--mpi-groups {groups} must divide the number of MPI processes "
+                        f"({world.Get_size()})")
+    index = world.Get_rank() // (world.Get_size() // groups)
+    return index, world.Split(color=index, key=world.Get_rank())

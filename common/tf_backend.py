@@ -36,7 +36,7 @@ CHECKPOINT_FORMAT = "horovod-recipes/tf/1"
 
 def init(cfg: TrainConfig, comm=None) -> Runtime:
     """Initialise Horovod, pin threads and GPU for this rank, seed every RNG from ``cfg.seed``."""
-    rt = init_horovod(hvd, comm)
+    rt = init_horovod(hvd, comm, cfg.mpi_groups)
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         tf.config.experimental.set_memory_growth(gpus[rt.local_rank], True)

