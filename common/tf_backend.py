@@ -38,9 +38,10 @@ def init(cfg: TrainConfig, comm=None) -> Runtime:
     """Initialise Horovod, pin threads and GPU for this rank, seed every RNG from ``cfg.seed``."""
     rt = init_horovod(hvd, comm, cfg.mpi_groups)
     gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        tf.config.experimental.set_memory_growth(gpus[rt.local_rank], True)
-        tf.config.set_visible_devices(gpus[rt.local_rank], "GPU")
+    if gpus:  # one GPU per rank, as torch_backend.init picks it
+        gpu = gpus[rt.local_rank % len(gpus)]
+        tf.config.experimental.set_memory_growth(gpu, True)
+        tf.config.set_visible_devices(gpu, "GPU")
     threads = threads_per_worker(rt.local_size, cfg.threads_per_worker)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)

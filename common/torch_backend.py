@@ -30,8 +30,11 @@ def init(cfg: TrainConfig, comm=None) -> tuple[Runtime, torch.device]:
     rt = init_horovod(hvd, comm, cfg.mpi_groups)
     torch.set_num_threads(threads_per_worker(rt.local_size, cfg.threads_per_worker))
     if torch.cuda.is_available():
-        torch.cuda.set_device(rt.local_rank)
-        device = torch.device("cuda", rt.local_rank)
+        # One GPU per rank: GPU local_rank, or the task's own GPU when the scheduler shows each
+        # task only its own (SLURM's --gpus-per-task, CUDA_VISIBLE_DEVICES per rank).
+        index = rt.local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
     seed_everything(cfg.seed)

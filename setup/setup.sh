@@ -90,26 +90,33 @@ print(sys.version)
 PY
 }
 
-install_mpi() {
-  if [ "$WITH_MPI" = 0 ]; then
+# System packages from apt when their commands are missing: the compilers and CMake that build
+# Horovod, and Open MPI (unless SETUP_MPI=0).
+install_system_packages() {
+  local need=(cmake g++ make) packages=($APT_BUILD_PACKAGES) missing=() cmd
+  if [ "$WITH_MPI" = 1 ]; then
+    need+=(mpirun mpicxx)
+    packages+=($APT_PACKAGES)
+  else
     echo "SETUP_MPI=0: Horovod is built with Gloo only"
+  fi
+  for cmd in "${need[@]}"; do command -v "$cmd" >/dev/null || missing+=("$cmd"); done
+  if [ "${#missing[@]}" = 0 ]; then
+    [ "$WITH_MPI" = 1 ] && mpirun --version | head -n 1
+    cmake --version | head -n 1
     return 0
   fi
-  if command -v mpirun >/dev/null && command -v mpicxx >/dev/null; then
-    mpirun --version | head -n 1
-    return 0
-  fi
+  echo "missing: ${missing[*]}"
   if [ "${SETUP_SKIP_APT:-0}" = 1 ]; then
-    echo "error: mpirun/mpicxx not found and SETUP_SKIP_APT=1; install Open MPI (apt-get install $APT_PACKAGES)"
+    echo "error: ${missing[*]} not found and SETUP_SKIP_APT=1; install them (apt-get install ${packages[*]})"
     return 1
   fi
   local sudo=""
   if [ "$(id -u)" != 0 ]; then
-    command -v sudo >/dev/null || { echo "error: Open MPI missing; run as root or install: apt-get install $APT_PACKAGES"; return 1; }
+    command -v sudo >/dev/null || { echo "error: ${missing[*]} missing; run as root or install: apt-get install ${packages[*]}"; return 1; }
     sudo="sudo -n"
   fi
-  # shellcheck disable=SC2086
-  $sudo apt-get update && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends $APT_PACKAGES
+  $sudo apt-get update && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${packages[@]}"
 }
 
 make_venv() {
@@ -296,7 +303,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(stamp_value)" ] \
 fi
 
 step python check_python
-step mpi install_mpi
+step system install_system_packages
 step venv make_venv
 step frameworks install_frameworks
 step horovod install_horovod

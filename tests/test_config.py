@@ -75,3 +75,23 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     parser.add_argument("--depth", type=int, default=56)
     again, args = parse_config(parser, ["--config", str(tmp_path / "config.yaml")])
     assert again == cfg and args.depth == 20
+
+
+def test_mpi_group_config_has_its_own_seed_and_folders():
+    from common.config import TrainConfig
+
+    cfg = TrainConfig(seed=7, checkpoint_dir="runs/x/ckpt", metrics_file="runs/x/metrics.jsonl",
+                      log_dir=None, mpi_groups=3)
+    g2 = cfg.for_group(2)
+    assert g2.seed == 9 and g2.mpi_groups == 3
+    assert g2.checkpoint_dir == "runs/x/ckpt/group2"
+    assert g2.metrics_file == "runs/x/group2/metrics.jsonl"
+    assert g2.log_dir is None
+    assert cfg.for_group(0).checkpoint_dir == "runs/x/ckpt/group0"
+
+
+def test_mpi_groups_must_be_positive():
+    from common.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match="--mpi-groups must be at least 1"):
+        TrainConfig(mpi_groups=0).validate()

@@ -51,3 +51,16 @@ def test_versions_live_only_in_versions_env():
         text = path.read_text()
         for version in pins:
             assert f"=={version}" not in text and f"={version}\n" not in text, (path, version)
+
+
+def test_bad_knob_is_one_line_before_any_step(tmp_path):
+    for knob, value, allowed in (("SETUP_FLAVOR", "tpu", "cpu or gpu"),
+                                 ("SETUP_FRAMEWORKS", "conda", "pinned or system"),
+                                 ("SETUP_MPI", "yes", "0 or 1")):
+        env = job_env() | {knob: value, "VENV": str(tmp_path / "v")}
+        proc = run(["bash", "setup/setup.sh"], env=env)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert proc.stderr.strip().splitlines() == [
+            f"setup: {knob} must be {allowed}, not '{value}' (see the knobs at the top of "
+            "setup/setup.sh)"]
+    assert not (tmp_path / "v").exists()
