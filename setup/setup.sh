@@ -286,7 +286,10 @@ check_build() {
   [[ " ${FRAMEWORKS[*]} " == *" TensorFlow "* ]] && imports+=(horovod.tensorflow)
   [ "$WITH_MPI" = 1 ] && imports+=(mpi4py.MPI)
   local IFS=,
-  PATH="$VENV/bin:$PATH" "$VENV/bin/python" -c "import ${imports[*]}"
+  PATH="$VENV/bin:$PATH" "$VENV/bin/python" -c "import ${imports[*]}" || return 1
+  # The doctor's errors are setup failures: above all, mpi4py loading another libmpi than the one
+  # Horovod is linked against (hvd.init(comm=...) would mix two MPIs).
+  PATH="$VENV/bin:$PATH" "$VENV/bin/python" -m common.doctor
 }
 
 stamp_value() {
