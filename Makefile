@@ -3,7 +3,7 @@ VENV ?= .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 NP ?= 2
 
-.PHONY: setup train test lint check-build clean
+.PHONY: setup train test lint check-build doctor clean
 
 setup:
 	@bash setup/setup.sh
@@ -21,6 +21,10 @@ lint: setup
 
 check-build: setup
 	horovodrun --check-build
+
+# What this machine's Horovod, MPI and GPUs can do, with a fix for each problem.
+doctor: setup
+	python -m common.doctor
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache .setup-logs
