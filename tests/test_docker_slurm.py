@@ -12,14 +12,11 @@ import pytest
 import yaml
 from conftest import BIN, MNIST, ROOT, final_record, job_env
 
+from common.doctor import pinned_versions
+
 DOCKER = ROOT / "docker"
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))
 SBATCH = ROOT / "recipes" / "slurm" / "horovod.sbatch"
-
-
-def pins() -> dict[str, str]:
-    return dict(line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines()
-                if "=" in line and not line.startswith("#"))
 
 
 def instructions(dockerfile) -> list[str]:
@@ -55,7 +52,7 @@ def test_image_builds_with_the_ci_setup_step_and_pins(path):
     # No second install recipe: nothing pip-installs or names a pinned version by hand.
     text = " ".join(steps)
     assert not re.search(r"pip3? install", text), "frameworks must come from setup.sh"
-    for key, version in pins().items():
+    for key, version in pinned_versions().items():
         if key.endswith("_VERSION") and key != "PYTHON_MIN":
             assert version not in text, (key, version)
     assert "python -m common.doctor" in setup_runs[0]  # the image checks its own build

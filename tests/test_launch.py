@@ -20,6 +20,8 @@ from conftest import (
     mpirun,
 )
 
+from common.doctor import pinned_versions
+
 TF_MNIST = ROOT / "recipes" / "tensorflow" / "mnist.py"
 SHORT = ["--epochs", "1", "--max-steps", "12", "--batch-size", "16", "--no-progress"]
 pytestmark = pytest.mark.multiprocess
@@ -94,8 +96,7 @@ def test_doctor_reports_this_build():
     proc = doctor("--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
-    pins = dict(line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines()
-                if "=" in line and not line.startswith("#"))
+    pins = pinned_versions()
     hv = report["horovod"]
     assert hv["version"] == pins["HOROVOD_VERSION"]
     assert hv["frameworks"] == ["PyTorch", "TensorFlow"]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from conftest import BIN, ROOT, job_env
 
+from common.doctor import pinned_versions
+
 
 def run(cmd, **kw):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, **kw)
@@ -33,8 +35,7 @@ def test_horovod_has_pytorch_tensorflow_mpi_gloo():
 
 
 def test_installed_versions_are_the_pinned_ones():
-    pins = dict(line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines()
-                if line and not line.startswith("#"))
+    pins = pinned_versions()
     import horovod
     import tensorflow as tf
     import torch
@@ -45,8 +46,9 @@ def test_installed_versions_are_the_pinned_ones():
 
 
 def test_versions_live_only_in_versions_env():
-    pins = [line.split("=", 1)[1] for line in (ROOT / "versions.env").read_text().splitlines()
-            if re.match(r"^(TORCH|TENSORFLOW|HOROVOD|MPI4PY)_VERSION=", line)]
+    pins = [v for k, v in pinned_versions().items()
+            if re.match(r"^(TORCH|TENSORFLOW|HOROVOD|MPI4PY)_VERSION$", k)]
+    assert len(pins) == 4
     for path in [ROOT / "Makefile", ROOT / ".ci" / "run", *Path(ROOT / "setup").rglob("*.sh")]:
         text = path.read_text()
         for version in pins:
