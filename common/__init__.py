@@ -1,5 +1,7 @@
-"""Shared core of horovod-recipes: runtime, config, LR schedule, checkpoints, metrics and output.
+"""Shared core of horovod-recipes: one training loop for every framework, and the components it calls.
 
-Framework-agnostic modules (config, schedule, metrics, checkpoint, output, data, failure) hold the
-concepts; ``common.torch_backend`` adapts them to PyTorch and Horovod's ``horovod.torch``.
+``trainer`` is the loop; ``checkpoint`` (save policy, restore/save protocol, files), ``metrics``,
+``schedule``, ``output``, ``config`` and ``elastic`` are its framework-agnostic components; a
+framework plugs in through ``backend.Backend`` (``torch_backend``, ``tf_backend``; ``keras_fit``
+drives the same trainer from ``model.fit``).
 """

@@ -1,10 +1,16 @@
-"""Checkpoint owns the checkpoint files: naming, atomic writes, keep-last-K and finding the newest.
+"""Checkpoint owns checkpoints for every framework: when to save, the save/restore protocol, and the files.
 
-It is framework-agnostic: a framework adapter turns its state into bytes and back
-(``common.torch_backend`` uses ``torch.save`` / ``torch.load(weights_only=True)``). Only rank 0
-calls the writing methods. A file is written to a temporary name in the same directory,
-fsynced, renamed over its final name and the directory fsynced, so a crash leaves either the
-old set of checkpoints or the new one, never a torn file under a checkpoint's name.
+* :class:`SavePolicy` decides when a checkpoint is written (every N epochs, every N steps, at
+  the end, when a run stops early): the one place for a new rule.
+* :class:`CheckpointManager` runs the protocol, a collective on every rank: rank 0 reads the
+  newest valid checkpoint, all ranks agree on errors, then receive its state by broadcast; on
+  save every rank's RNG state and partial-epoch metric sums are gathered and rank 0 writes.
+  The contents are the same for every framework; the backend only turns its model and optimizer
+  state into a file and back (``Backend.write_checkpoint`` / ``read_checkpoint``).
+* :class:`CheckpointStore` owns the files: naming, atomic writes, keep-last-K and finding the
+  newest readable one. A file is written to a temporary name in the same directory, fsynced,
+  renamed over its final name and the directory fsynced, so a crash leaves either the old set of
+  checkpoints or the new one, never a torn file under a checkpoint's name.
 """
 
 from __future__ import annotations
@@ -13,10 +19,15 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from common.failure import UserError
+from common.failure import UserError, agree
+
+if TYPE_CHECKING:
+    from common.backend import Backend
+    from common.config import TrainConfig
+    from common.metrics import MetricSums
 
 _NAME = re.compile(r"^ckpt-e(\d{5})-s(\d{9})\.(\w+)$")
 
@@ -116,3 +127,152 @@ class CheckpointStore:
                 f"no readable checkpoint in {self.directory!r}; unreadable: {', '.join(skipped)}"
             )
         return None
+
+
+# Recipes renamed to match their file names; their older checkpoints still resume.
+RECIPE_ALIASES = {"pytorch/imagenet": "pytorch/imagenet_resnet50"}
+
+
+@dataclass(frozen=True)
+class SavePolicy:
+    """When to write a checkpoint; every loop and callback asks this one object.
+
+    Decisions depend only on values every rank shares (step and epoch counts), so all ranks
+    reach the same answer without talking; a rule on local facts (wall-clock time) must first
+    be agreed, e.g. by broadcasting rank 0's decision, before the collective save.
+    """
+
+    every_epochs: int = 1
+    every_steps: int = 0
+    epochs: int = 1
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> SavePolicy:
+        return cls(cfg.checkpoint.checkpoint_epochs, cfg.checkpoint.checkpoint_steps,
+                   cfg.run.epochs)
+
+    def should_save(self, step: int, epochs_done: int, epoch_complete: bool,
+                    stopping: bool = False) -> bool:
+        """After optimizer step ``step``: save? ``epochs_done`` counts full epochs so far."""
+        if stopping:
+            return True  # a run cut short keeps what it did
+        if epoch_complete and (epochs_done >= self.epochs or (
+                self.every_epochs and epochs_done % self.every_epochs == 0)):
+            return True
+        return bool(self.every_steps) and step % self.every_steps == 0
+
+
+@dataclass
+class Resume:
+    """Where a run continues: full epochs and optimizer steps done, from which checkpoint.
+
+    ``epoch_sums`` are this rank's metric counters of the epoch in progress (resuming mid-epoch
+    with the same world); ``notices`` are rank 0's remarks for the user.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    checkpoint: str | None = None
+    epoch_sums: list[float] | None = None
+    notices: list[str] = field(default_factory=list)
+
+
+class CheckpointManager:
+    """Rank-0 checkpoints of a backend's model and optimizer, restored on every rank by broadcast.
+
+    Every rank calls :meth:`restore` once before training and :meth:`save` at the same points;
+    both are collectives. A checkpoint holds the model and optimizer state, epoch and step,
+    every rank's RNG state, every rank's partial-epoch metric counters, the world size and steps
+    per epoch it was written with, the model's signature and the run's config.
+    """
+
+    def __init__(self, backend: Backend, cfg: TrainConfig, recipe: str,
+                 steps_per_epoch: int = 1) -> None:
+        self.backend, self.recipe = backend, recipe
+        self.steps_per_epoch = steps_per_epoch
+        self.config = cfg.as_dict()
+        self.seed = cfg.run.seed
+        self.policy = SavePolicy.from_config(cfg)
+        c = cfg.checkpoint
+        self.store = (CheckpointStore(c.checkpoint_dir, c.keep_checkpoints,
+                                      suffix=backend.checkpoint_suffix)
+                      if c.checkpoint_dir else None)
+
+    def _load(self, path: str) -> dict:
+        record = self.backend.read_checkpoint(path)
+        recipe = RECIPE_ALIASES.get(record.get("recipe"), record.get("recipe"))
+        if recipe != self.recipe:
+            raise CheckpointError(f"{path!r} was saved by recipe {record.get('recipe')!r}, not "
+                                  f"{self.recipe!r}; use another --checkpoint-dir")
+        theirs, ours = record.get("signature"), self.backend.signature()
+        if theirs != ours:
+            diff = sorted(set(map(str, theirs or [])) ^ set(map(str, ours)))[:2]
+            raise CheckpointError(f"{path!r} holds a different model or optimizer (first "
+                                  f"differences: {'; '.join(diff)}); use another --checkpoint-dir")
+        return record
+
+    def restore(self) -> Resume:
+        """Resume from the newest valid checkpoint (rank 0 reads, all ranks receive)."""
+        rt = self.backend.runtime()
+        found, error, notices = None, "", []
+        if rt.is_root and self.store is not None:
+            try:
+                found = self.store.newest_valid(self._load)
+                if found:
+                    ref, record, skipped = found
+                    self.backend.load_state(record["state"], ref.path)
+                    if skipped:
+                        notices.append(f"skipped unreadable checkpoints: {', '.join(skipped)}")
+            except CheckpointError as e:
+                error = str(e)
+        agree(not error, error, self.backend.broadcast_object)
+        meta = None
+        if found:
+            ref, record, _ = found
+            meta = {k: record.get(k) for k in ("epoch", "step", "rng", "world_size",
+                                                 "steps_per_epoch", "epoch_sums")}
+            meta["path"] = ref.path
+        meta = self.backend.broadcast_object(meta, name="ckpt_meta")
+        self.backend.broadcast_state()
+        if meta is None:
+            return Resume(notices=notices)
+        resume = Resume(meta["epoch"], meta["step"], meta["path"], notices=notices)
+        if meta["world_size"] == rt.size and meta["steps_per_epoch"] == self.steps_per_epoch:
+            if meta["rng"] is not None:
+                self.backend.set_rng_state(meta["rng"][rt.rank])
+            if meta["epoch_sums"] is not None:
+                resume.epoch_sums = meta["epoch_sums"][rt.rank]
+        else:
+            # Steps mean other sample counts now: continue from the last full epoch.
+            resume.step = meta["epoch"] * self.steps_per_epoch
+            notices.append(f"checkpoint was written by {meta['world_size']} worker(s) at "
+                           f"{meta['steps_per_epoch']} steps/epoch, this run has {rt.size} at "
+                           f"{self.steps_per_epoch}: continuing from the start of epoch "
+                           f"{meta['epoch'] + 1} with fresh data order and RNG streams")
+            self.backend.seed(self.seed + 1_000_003 * meta["epoch"] + rt.rank)
+        return resume
+
+    def save(self, epoch: int, step: int, epoch_sums: MetricSums | None = None) -> str | None:
+        """Write a checkpoint after ``epoch`` full epochs and ``step`` steps from rank 0 (a
+        collective); returns its path. ``epoch_sums``: this rank's counters of the epoch in
+        progress, so that a run resumed mid-epoch reports the epoch as an uninterrupted one."""
+        if self.store is None:
+            return None
+        rt = self.backend.runtime()
+        rngs = self.backend.allgather_object(self.backend.rng_state(), name="rng_states")
+        sums = None if epoch_sums is None else epoch_sums.to_array().tolist()
+        all_sums = self.backend.allgather_object(sums, name="epoch_sums")
+        path, error = None, ""
+        if rt.is_root:
+            record = {"recipe": self.recipe, "signature": self.backend.signature(),
+                      "epoch": epoch, "step": step, "rng": rngs, "world_size": rt.size,
+                      "steps_per_epoch": self.steps_per_epoch,
+                      "epoch_sums": None if sums is None else all_sums,
+                      "config": self.config, "state": self.backend.state()}
+            try:
+                path = self.store.save(epoch, step,
+                                       lambda f: self.backend.write_checkpoint(f, record))
+            except CheckpointError as e:
+                error = str(e)
+        agree(not error, error, self.backend.broadcast_object)
+        return self.backend.broadcast_object(path, name="ckpt_path")

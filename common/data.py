@@ -28,22 +28,23 @@ class DataError(UserError):
 
 
 def shard_indices(n: int, rank: int, size: int, seed: int, epoch: int,
-                  shuffle: bool = True, drop_tail: bool = True) -> np.ndarray:
-    """The dataset indices rank ``rank`` of ``size`` processes in ``epoch``, in order."""
+                  shuffle: bool = True, drop_tail: bool = True, start: int = 0) -> np.ndarray:
+    """The dataset indices rank ``rank`` of ``size`` processes in ``epoch``, in order.
+
+    ``start`` skips the first samples of the epoch's global order: those already trained by
+    a run that stopped (or a world that changed) after ``start`` samples, so the rest of the
+    epoch is re-sharded over the current world.
+    """
     if not 0 <= rank < size:
         raise ValueError(f"rank {rank} outside world of size {size}")
     if shuffle:
         order = np.random.default_rng([seed, epoch]).permutation(n)
     else:
         order = np.arange(n)
+    order = order[start:]
     if drop_tail:
-        order = order[: n - n % size]
+        order = order[: len(order) - len(order) % size]
     return order[rank::size]
-
-
-def steps_per_epoch(n: int, size: int, batch_size: int) -> int:
-    """Optimizer steps per epoch for a training set of ``n`` split over ``size`` ranks."""
-    return (n // size) // batch_size
 
 
 @dataclass(frozen=True)

@@ -1,68 +1,130 @@
-"""Metrics owns exact cross-rank averages (weighted by sample counts) and throughput.
+"""Metrics owns exact cross-rank metrics: per-rank counters, their one allreduce, every metric's formula.
 
-Each rank accumulates *sums* (loss times samples, correct predictions, samples); one allreduce
-of those sums gives the true global values even when ranks saw different numbers of samples.
-Averaging per-rank means instead would weight a rank with 10 samples like one with 1,000.
+Each rank accumulates *counters* (summed loss, sample count, correct predictions per top-k and,
+for small label sets, a confusion matrix); one allreduce of the counters gives true global
+values even when ranks saw different numbers of samples. Averaging per-rank means instead would
+weight a rank with 10 samples like one with 1,000.
+
+A metric is a formula over global counters (:data:`METRICS`). To add one that the counters
+already support (per-class recall, balanced accuracy: anything from the confusion matrix), add
+one entry there; it is then averaged exactly, printed, recorded and sent to TensorBoard. The
+backends fill the counters in :class:`CounterLayout` order on the device.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+# Confusion matrices are counted for label sets up to this size (n x n counters per batch).
+MAX_CONFUSION_CLASSES = 100
 
-@dataclass
-class MetricSums:
-    """Running sums on one rank: summed loss, sample count, and correct predictions per top-k.
 
-    ``topk`` lists the k of each accuracy kept (top-1 first); ``correct[i]`` counts samples whose
-    label is among the ``topk[i]`` highest scores.
-    """
+@dataclass(frozen=True)
+class CounterLayout:
+    """The order of a rank's counters in one float64 vector: ``[loss_sum, count, correct@k...,
+    confusion (true x predicted, row-major)]``; what backends fill and the allreduce sums."""
 
     topk: tuple[int, ...] = (1,)
-    loss_sum: float = 0.0
-    count: float = 0.0
-    correct: list[float] = field(default_factory=list)
+    confusion_classes: int = 0  # 0: no confusion matrix
 
-    def __post_init__(self) -> None:
-        if not self.correct:
-            self.correct = [0.0] * len(self.topk)
+    @property
+    def size(self) -> int:
+        return 2 + len(self.topk) + self.confusion_classes**2
+
+    def zeros(self) -> np.ndarray:
+        return np.zeros(self.size, dtype=np.float64)
+
+
+class MetricSums:
+    """One rank's counters (or, after :meth:`global_sums`, every rank's), in a CounterLayout."""
+
+    def __init__(self, layout: CounterLayout | None = None, values=None) -> None:
+        self.layout = layout or CounterLayout()
+        self.values = (self.layout.zeros() if values is None
+                       else np.asarray(values, dtype=np.float64).copy())
+        if self.values.shape != (self.layout.size,):
+            raise ValueError(f"{self.values.shape[0]} counters do not fit {self.layout}")
+
+    @classmethod
+    def of_means(cls, loss: float | None, accuracy: float | None) -> MetricSums:
+        """Sums that hold already-global means (count 1), as Keras logs give them."""
+        if loss is None:
+            return cls()
+        return cls(values=[float(loss), 1.0,
+                           float(accuracy) if accuracy is not None else float("nan")])
 
     def add(self, mean_loss: float, correct, count: int) -> None:
         """Add a batch: its mean loss, its correct count (one per top-k, or a number), its size."""
-        if isinstance(correct, int | float):
-            correct = [correct]
-        self.loss_sum += float(mean_loss) * count
-        self.count += count
-        for i, c in enumerate(correct):
-            self.correct[i] += float(c)
+        correct = [correct] if isinstance(correct, int | float) else list(correct)
+        self.values[0] += float(mean_loss) * count
+        self.values[1] += count
+        self.values[2:2 + len(correct)] += np.asarray(correct, dtype=np.float64)
+
+    def add_counters(self, counters) -> None:
+        """Add a counter vector in this layout (from a backend's step)."""
+        self.values += np.asarray(counters, dtype=np.float64)
 
     def to_array(self) -> np.ndarray:
-        return np.array([self.loss_sum, self.count, *self.correct], dtype=np.float64)
-
-    @classmethod
-    def from_array(cls, a, topk: tuple[int, ...] = (1,)) -> MetricSums:
-        a = np.asarray(a, dtype=np.float64)
-        return cls(tuple(topk), float(a[0]), float(a[1]), [float(x) for x in a[2:]])
+        return self.values.copy()
 
     def global_sums(self, allreduce_sum: Callable[[np.ndarray], np.ndarray]) -> MetricSums:
         """Sum over all ranks (a collective: every rank must call it)."""
-        return MetricSums.from_array(allreduce_sum(self.to_array()), self.topk)
+        return MetricSums(self.layout, allreduce_sum(self.values))
+
+    @property
+    def count(self) -> float:
+        return float(self.values[1])
 
     @property
     def loss(self) -> float:
-        return self.loss_sum / self.count if self.count else float("nan")
+        return _ratio(self.values[0], self.count)
 
     @property
     def accuracy(self) -> float:
         """Top-1 accuracy (the first of ``topk``)."""
-        return self.correct[0] / self.count if self.count else float("nan")
+        return self.top(self.layout.topk[0])
 
     def top(self, k: int) -> float:
-        return self.correct[self.topk.index(k)] / self.count if self.count else float("nan")
+        return _ratio(self.values[2 + self.layout.topk.index(k)], self.count)
+
+    def confusion(self) -> np.ndarray | None:
+        n = self.layout.confusion_classes
+        return self.values[2 + len(self.layout.topk):].reshape(n, n) if n else None
+
+    def metrics(self) -> dict[str, float]:
+        """Every metric these counters support, by name (``loss``, ``accuracy``, ``top5``...)."""
+        values = {name: formula(self) for name, (applies, formula) in METRICS.items()
+                  if applies(self.layout)}
+        values.update({f"top{k}": self.top(k) for k in self.layout.topk[1:]})
+        return values
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a) / b if b else float("nan")
+
+
+def macro_f1(sums: MetricSums) -> float:
+    """Mean over classes of F1 = 2 TP / (2 TP + FP + FN), over the classes that occur."""
+    c = sums.confusion()
+    tp = np.diag(c)
+    support = c.sum(axis=1) + c.sum(axis=0)  # 2 TP + FN + FP
+    present = support > 0
+    if not present.any():
+        return float("nan")
+    return float(np.mean(2 * tp[present] / support[present]))
+
+
+# name -> (does this counter layout support it?, formula over global counters); top-k
+# accuracies beyond the first k are added as ``top<k>`` by MetricSums.metrics.
+METRICS: dict[str, tuple[Callable[[CounterLayout], bool], Callable[[MetricSums], float]]] = {
+    "loss": (lambda layout: True, lambda sums: sums.loss),
+    "accuracy": (lambda layout: True, lambda sums: sums.accuracy),
+    "macro_f1": (lambda layout: layout.confusion_classes > 0, macro_f1),
+}
 
 
 class Throughput:

@@ -12,12 +12,22 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from common.checkpoint import atomic_write
+from common.config import OutputConfig
+from common.metrics import MetricSums
+
+_MAIN_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+
+def _metric_fields(train: MetricSums, val: MetricSums) -> dict[str, float]:
+    """``train_<metric>`` and ``val_<metric>`` for every metric the sums support."""
+    return {f"{split}_{name}": value for split, sums in (("train", train), ("val", val))
+            for name, value in sums.metrics().items()}
 
 
 def _clean(value: Any) -> Any:
@@ -32,19 +42,25 @@ def _clean(value: Any) -> Any:
 
 
 class Reporter:
-    """Rank 0's voice: ``print``, a per-epoch progress bar, and the metrics file."""
+    """Rank 0's voice: ``print``, a per-epoch progress bar, the metrics file and TensorBoard.
 
-    def __init__(self, is_root: bool, metrics_file: str | None = None,
-                 progress: bool = True, log_dir: str | None = None) -> None:
+    ``scalar_writer(log_dir)`` makes the TensorBoard writer (the backend's, so a TensorFlow run
+    needs no torch); it is called on rank 0 at the first scalar.
+    """
+
+    def __init__(self, is_root: bool, output: OutputConfig | None = None,
+                 scalar_writer: Callable[[str], Any] | None = None) -> None:
+        output = output or OutputConfig()
         self.is_root = is_root
-        self.metrics_file = metrics_file
-        self.log_dir = log_dir if is_root else None
+        self.metrics_file = output.metrics_file
+        self.log_dir = output.log_dir if is_root and scalar_writer else None
+        self._make_writer = scalar_writer
         self._writer = None
         # A bar only makes sense on a terminal; logs get one line per epoch instead.
-        self.progress = progress and is_root and sys.stderr.isatty()
+        self.progress = output.progress and is_root and sys.stderr.isatty()
         self._records: list[dict] = []
-        if is_root and metrics_file:
-            self._records = read_metrics(metrics_file)
+        if is_root and self.metrics_file:
+            self._records = read_metrics(self.metrics_file)
 
     def print(self, *args: Any) -> None:
         if self.is_root:
@@ -63,9 +79,7 @@ class Reporter:
         if not self.log_dir:
             return
         if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(self.log_dir)
+            self._writer = self._make_writer(self.log_dir)
         for name, value in values.items():
             if value is not None and math.isfinite(value):
                 self._writer.add_scalar(name, value, step)
@@ -87,67 +101,47 @@ class Reporter:
             self.print(f"note: {notice}")
         config = resolved(recipe, cfg, recipe_args or {}, world_size)
         self.print(f"config: {one_line(config)}")
-        if self.is_root and cfg.checkpoint_dir:
-            save_resolved(os.path.join(cfg.checkpoint_dir, "config.yaml"), config)
+        if self.is_root and cfg.checkpoint.checkpoint_dir:
+            save_resolved(os.path.join(cfg.checkpoint.checkpoint_dir, "config.yaml"), config)
         self.print(f"{recipe}: {n_train} train / {n_val} val samples{describe}, "
-                   f"{world_size} worker(s) x batch {cfg.batch_size} x "
-                   f"{cfg.batches_per_allreduce} pass(es), {n_steps} steps/epoch, "
-                   f"LR {cfg.base_lr:g} -> {target_lr:g}")
+                   f"{world_size} worker(s) x batch {cfg.run.batch_size} x "
+                   f"{cfg.gradients.batches_per_allreduce} pass(es), {n_steps} steps/epoch, "
+                   f"LR {cfg.schedule.base_lr:g} -> {target_lr:g}")
         if step:
             self.print(f"resumed from {checkpoint} (epoch {epoch}, step {step})")
 
-    def epoch(self, *, epoch: int, epochs: int, step: int, lr: float, train, val,
-              samples_per_sec: float, world_size: int, elapsed: float,
-              checkpoint: str | None, **extra: float) -> None:
+    def epoch(self, *, epoch: int, epochs: int, step: int, lr: float, train: MetricSums,
+              val: MetricSums, samples_per_sec: float, world_size: int, elapsed: float,
+              checkpoint: str | None) -> None:
         """The end of an epoch: one printed line, one JSON record, TensorBoard scalars.
 
-        ``train`` and ``val`` are global MetricSums; ``extra`` adds fields such as val_top5.
+        ``train`` and ``val`` are global MetricSums; every metric they support is recorded.
         """
+        fields = _metric_fields(train, val)
+        extra = {k: v for k, v in fields.items() if k not in _MAIN_FIELDS}
         self.print(f"epoch {epoch}/{epochs}: train loss {train.loss:.4f} acc {train.accuracy:.4f}"
                    f" | val loss {val.loss:.4f} acc {val.accuracy:.4f}"
                    + "".join(f" {k} {v:.4f}" for k, v in extra.items())
                    + f" | {samples_per_sec:,.0f} samples/s")
-        self.record("epoch", epoch=epoch, step=step, lr=lr, world_size=world_size,
-                    train_loss=train.loss,
-                    train_accuracy=train.accuracy, val_loss=val.loss, val_accuracy=val.accuracy,
-                    **extra, samples_per_sec=samples_per_sec,
+        self.record("epoch", epoch=epoch, step=step, lr=lr, world_size=world_size, **fields,
+                    samples_per_sec=samples_per_sec,
                     samples_per_sec_per_worker=samples_per_sec / world_size,
                     epoch_time_s=elapsed, checkpoint=checkpoint)
-        self.scalars(step, **{"train/loss": train.loss, "train/accuracy": train.accuracy,
-                              "val/loss": val.loss, "val/accuracy": val.accuracy, "lr": lr,
-                              "samples_per_sec": samples_per_sec})
+        self.scalars(step, **{k.replace("_", "/", 1): v for k, v in fields.items()}, lr=lr,
+                     samples_per_sec=samples_per_sec)
 
-    def final(self, *, recipe: str, epochs: int, step: int, train, val, samples_per_sec: float,
-              world_size: int, wall: float, checkpoint: str | None,
-              **extra: float) -> dict[str, Any]:
+    def final(self, *, recipe: str, epochs: int, step: int, train: MetricSums, val: MetricSums,
+              samples_per_sec: float, world_size: int, wall: float,
+              checkpoint: str | None) -> dict[str, Any]:
         """The end of a run: the final JSON record and line; returns the record."""
         rec = dict(recipe=recipe, world_size=world_size, epochs=epochs, step=step,
-                   train_loss=train.loss, train_accuracy=train.accuracy, val_loss=val.loss,
-                   val_accuracy=val.accuracy, **extra, samples_per_sec=samples_per_sec,
+                   **_metric_fields(train, val), samples_per_sec=samples_per_sec,
                    samples_per_sec_per_worker=samples_per_sec / world_size, wall_time_s=wall,
                    checkpoint=checkpoint)
         self.record("final", **rec)
         self.close()
         self.print(f"final: val accuracy {val.accuracy:.4f} on {world_size} worker(s) in "
                    f"{wall:.1f}s; checkpoint: {checkpoint}; metrics: {self.metrics_file}")
-        return rec
-
-    def benchmark(self, rates: list[float], allreduce_sum, world_size: int,
-                  **fields: Any) -> dict[str, Any]:
-        """Summarise a throughput benchmark (a collective): this rank's images/s per iteration
-        are summed over ranks per iteration; prints per-worker and total mean +- 95% interval
-        and writes a ``"type": "benchmark"`` record with ``fields``."""
-        from common.metrics import mean_ci95
-
-        totals = allreduce_sum(np.asarray(rates, dtype=np.float64))
-        w_mean, w_ci = mean_ci95(totals / world_size)
-        t_mean, t_ci = mean_ci95(totals)
-        self.print(f"img/s per worker: {w_mean:.1f} +- {w_ci:.1f}")
-        self.print(f"total img/s on {world_size} worker(s): {t_mean:.1f} +- {t_ci:.1f}")
-        rec = dict(fields, world_size=world_size, iterations=len(rates),
-                   img_per_sec_per_worker=w_mean, img_per_sec_per_worker_ci95=w_ci,
-                   img_per_sec_total=t_mean, img_per_sec_total_ci95=t_ci)
-        self.record("benchmark", **rec)
         return rec
 
     def record(self, kind: str, **fields: Any) -> None:

@@ -11,26 +11,36 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 from dataclasses import dataclass
+
+import numpy as np
 
 from common.failure import UserError
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where this process stands: global and local rank and size."""
+    """Where this process stands: global and local rank and size, and its device (``"cpu"``,
+    ``"cuda:0"``; for PyTorch's ``.to(rt.device)``)."""
 
     rank: int
     size: int
     local_rank: int
     local_size: int
+    device: str = "cpu"
+
+    @classmethod
+    def current(cls, hvd, device: str = "cpu") -> Runtime:
+        """The world as Horovod sees it now (it changes in elastic runs)."""
+        return cls(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), device)
 
     @property
     def is_root(self) -> bool:
         return self.rank == 0
 
 
-def init_horovod(hvd, comm=None, mpi_groups: int = 1) -> Runtime:
+def init_horovod(hvd, comm=None, mpi_groups: int = 1, device: str = "cpu") -> Runtime:
     """Initialise Horovod once (idempotent) and describe this process.
 
     ``comm``: an mpi4py communicator to run Horovod on. ``mpi_groups`` > 1: run on this process's
@@ -43,7 +53,13 @@ def init_horovod(hvd, comm=None, mpi_groups: int = 1) -> Runtime:
             hvd.init(comm=comm)
         else:
             hvd.init()
-    return Runtime(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
+    return Runtime.current(hvd, device)
+
+
+def seed_host_rngs(seed: int) -> None:
+    """Seed Python's and numpy's global RNGs (a backend seeds its framework's too)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 def threads_per_worker(local_size: int, requested: int | None = None) -> int:

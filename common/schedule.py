@@ -63,16 +63,18 @@ class LRSchedule:
     @classmethod
     def from_config(cls, cfg, world_size: int, steps_per_epoch: int,
                     adasum_local_size: int = 1) -> LRSchedule:
+        """The schedule of a ``TrainConfig`` on ``world_size`` workers."""
+        s, g = cfg.schedule, cfg.gradients
         return cls(
-            base_lr=cfg.base_lr,
-            multiplier=lr_multiplier(cfg.lr_scaling, world_size, cfg.batches_per_allreduce,
-                                     cfg.use_adasum, adasum_local_size),
+            base_lr=s.base_lr,
+            multiplier=lr_multiplier(s.lr_scaling, world_size, g.batches_per_allreduce,
+                                     g.use_adasum, adasum_local_size),
             steps_per_epoch=steps_per_epoch,
-            epochs=cfg.epochs,
-            warmup_epochs=cfg.warmup_epochs,
-            decay=cfg.lr_decay,
-            decay_epochs=tuple(cfg.decay_epochs),
-            decay_factor=cfg.decay_factor,
+            epochs=cfg.run.epochs,
+            warmup_epochs=s.warmup_epochs,
+            decay=s.lr_decay,
+            decay_epochs=tuple(s.decay_epochs),
+            decay_factor=s.decay_factor,
         )
 
     @property

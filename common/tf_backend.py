@@ -1,18 +1,25 @@
-"""TF backend owns the TensorFlow side of the core: Horovod setup, gradient averaging, variable broadcast,
-checkpoints, sharded tf.data input and Keras callbacks that work on TF 2.21.
+"""TF backend owns TensorFlow for the core: Horovod init, the gradient tape, and the loop's Backend.
 
-Framework-agnostic pieces (config, LR schedule, metric sums, checkpoint files, output) come from
-the sibling modules, exactly as for PyTorch. Works with Keras 3 (the custom loop) and with
-tf-keras (``TF_USE_LEGACY_KERAS=1``, for ``model.fit``): both expose ``model.weights`` and
-``optimizer.variables``.
+``init`` starts Horovod and pins threads and a GPU per rank; :class:`TFBackend` is the
+``common.backend.Backend`` of a Keras model, its optimizer, a loss and in-memory image datasets:
+``tf.function`` train and eval steps with Horovod's ``DistributedGradientTape``, variable
+broadcast, RNG state and the checkpoint file format (``.npz`` of arrays plus a JSON header,
+read with ``allow_pickle=False``). The Keras ``model.fit`` recipes use the same backend for
+their state, checkpoints and collectives (``common.keras_fit``).
+
+Works with Keras 3 (the custom loop) and with tf-keras (``TF_USE_LEGACY_KERAS=1``, for
+``model.fit``): both expose ``model.weights`` and ``optimizer.variables``. Two Keras 3 gaps are
+bridged here: Horovod's tape needs ``tf.Variable``s (Keras 3 variables lack ``.ref()``), and
+``hvd.broadcast_variables`` cannot assign Keras 3 variables, so each value is broadcast and
+assigned.
 
 TensorFlow's C++ log noise is off unless you ask for it: this module sets
-``TF_CPP_MIN_LOG_LEVEL=2`` before TensorFlow is imported, unless the variable is already set
-(``TF_CPP_MIN_LOG_LEVEL=0`` shows everything).
+``TF_CPP_MIN_LOG_LEVEL=2`` before TensorFlow is imported, unless the variable is already set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -24,49 +31,50 @@ import horovod.tensorflow as hvd  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common.checkpoint import CheckpointError, CheckpointStore  # noqa: E402
+from common.backend import Backend  # noqa: E402
+from common.checkpoint import CheckpointError  # noqa: E402
 from common.config import TrainConfig  # noqa: E402
-from common.data import shard_indices  # noqa: E402
-from common.failure import agree  # noqa: E402
-from common.metrics import MetricSums  # noqa: E402
-from common.runtime import Runtime, init_horovod, threads_per_worker  # noqa: E402
+from common.metrics import CounterLayout, MetricSums  # noqa: E402
+from common.runtime import Runtime, init_horovod, seed_host_rngs, threads_per_worker  # noqa: E402
 
 CHECKPOINT_FORMAT = "horovod-recipes/tf/1"
 
 
 def init(cfg: TrainConfig, comm=None) -> Runtime:
-    """Initialise Horovod, pin threads and GPU for this rank, seed every RNG from ``cfg.seed``."""
-    rt = init_horovod(hvd, comm, cfg.mpi_groups)
+    """Initialise Horovod, pin threads and GPU for this rank, seed every RNG from the seed."""
+    rt = init_horovod(hvd, comm, cfg.run.mpi_groups)
     gpus = tf.config.list_physical_devices("GPU")
+    device = "cpu"
     if gpus:  # one GPU per rank, as torch_backend.init picks it
         gpu = gpus[rt.local_rank % len(gpus)]
         tf.config.experimental.set_memory_growth(gpu, True)
         tf.config.set_visible_devices(gpu, "GPU")
-    threads = threads_per_worker(rt.local_size, cfg.threads_per_worker)
+        device = "gpu:0"
+    threads = threads_per_worker(rt.local_size, cfg.run.threads_per_worker)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:  # already initialised (a second init in one process)
         pass
-    seed_everything(cfg.seed)
-    return rt
+    seed_everything(cfg.run.seed)
+    return dataclasses.replace(rt, device=device)
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
+    seed_host_rngs(seed)
     tf.random.set_seed(seed)
 
 
 def compression(cfg: TrainConfig):
-    return hvd.Compression.fp16 if cfg.fp16_allreduce else hvd.Compression.none
+    return hvd.Compression.fp16 if cfg.gradients.fp16_allreduce else hvd.Compression.none
 
 
 def distributed_tape(tape: tf.GradientTape, cfg: TrainConfig) -> tf.GradientTape:
     """Wrap a tape in Horovod's DistributedGradientTape with the core's gradient options."""
+    g = cfg.gradients
     return hvd.DistributedGradientTape(
-        tape, compression=compression(cfg), op=hvd.Adasum if cfg.use_adasum else hvd.Average,
-        gradient_predivide_factor=cfg.gradient_predivide_factor)
+        tape, compression=compression(cfg), op=hvd.Adasum if g.use_adasum else hvd.Average,
+        gradient_predivide_factor=g.gradient_predivide_factor)
 
 
 def tf_variables(variables) -> list:
@@ -80,10 +88,6 @@ def allreduce_sum(values: np.ndarray) -> np.ndarray:
     return hvd.allreduce(t, op=hvd.Sum, name="metric_sums").numpy()
 
 
-def set_lr(optimizer, lr: float) -> None:
-    optimizer.learning_rate.assign(lr)
-
-
 def variables_of(model, optimizer) -> list:
     """Model weights then optimizer slots (the optimizer must be built)."""
     return list(model.weights) + list(optimizer.variables)
@@ -93,137 +97,201 @@ def _name(v) -> str:
     return getattr(v, "path", None) or v.name
 
 
-def signature(variables) -> list[list]:
-    return [[_name(v), list(v.shape)] for v in variables]
-
-
 def broadcast_state(model, optimizer) -> None:
     """Make every rank hold rank 0's weights and optimizer state (a collective)."""
-    # Keras 3 variables are not tf.Variables, which hvd.broadcast_variables assigns inside a
-    # tf.function; broadcast each value eagerly and assign it instead.
     for i, v in enumerate(variables_of(model, optimizer)):
         v.assign(hvd.broadcast(tf.convert_to_tensor(v), root_rank=0, name=f"state_{i}"))
 
 
-def shard_dataset(images: np.ndarray, labels: np.ndarray, rt: Runtime, seed: int, epoch: int,
-                  batch_size: int, skip_batches: int = 0,
-                  samples_per_step: int | None = None) -> tf.data.Dataset:
-    """This rank's batches of an epoch, in the same order the PyTorch recipes use.
-
-    All ranks draw one permutation from (seed, epoch) and rank r takes every size-th sample
-    (``common.data.shard_indices``), so shards are disjoint, reshuffled every epoch, equal in
-    length (the tail is dropped) and identical to the PyTorch recipes' for the same flags. The
-    order is drawn before sharding, not per shard, so that it matches PyTorch's exactly.
-    """
-    idx = shard_indices(len(labels), rt.rank, rt.size, seed, epoch)[skip_batches * batch_size:]
-    if samples_per_step:  # only whole steps (batches of passes), as the other recipes take
-        idx = idx[: len(idx) - len(idx) % samples_per_step]
-    ds = tf.data.Dataset.from_tensor_slices((images[idx], labels[idx]))
+def shard_dataset(images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+                  batch_size: int) -> tf.data.Dataset:
+    """Batches of the given samples, in order (a rank's shard from ``Backend.train_indices``)."""
+    ds = tf.data.Dataset.from_tensor_slices((images[indices], labels[indices]))
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(images: np.ndarray, labels: np.ndarray, rt: Runtime,
-                 batch_size: int = 256) -> tf.data.Dataset:
-    """This rank's validation shard, every sample once."""
-    idx = shard_indices(len(labels), rt.rank, rt.size, 0, 0, shuffle=False, drop_tail=False)
-    return tf.data.Dataset.from_tensor_slices((images[idx], labels[idx])).batch(batch_size)
+def counters(out, y, loss, layout: CounterLayout):
+    """A batch's metric counters in ``layout`` order, as a float64 tensor (inside tf.function)."""
+    y = tf.cast(y, tf.int32)
+    n = tf.cast(tf.shape(y)[0], tf.float64)
+    out = tf.cast(out, tf.float32)
+    parts = [tf.reshape(tf.cast(loss, tf.float64) * n, [1]), tf.reshape(n, [1])]
+    for k in layout.topk:
+        hits = tf.math.in_top_k(y, out, min(k, out.shape[-1]))
+        parts.append(tf.reshape(tf.reduce_sum(tf.cast(hits, tf.float64)), [1]))
+    if layout.confusion_classes:
+        c = layout.confusion_classes
+        pred = tf.argmax(out, 1, output_type=tf.int32)
+        parts.append(tf.cast(tf.math.bincount(y * c + pred, minlength=c * c, maxlength=c * c),
+                             tf.float64))
+    return tf.concat(parts, 0)
 
 
-def evaluate(model, images: np.ndarray, labels: np.ndarray, rt: Runtime) -> MetricSums:
-    """This rank's validation sums (reduce with ``global_sums``)."""
-    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    sums = MetricSums()
-    for x, y in eval_dataset(images, labels, rt):
-        out = model(x, training=False)
-        correct = tf.reduce_sum(tf.cast(tf.argmax(out, 1) == tf.cast(y, tf.int64), tf.float64))
-        sums.add(float(loss_fn(y, out)), float(correct), int(y.shape[0]))
-    return sums
+class _ScalarWriter:
+    """TensorBoard scalars through ``tf.summary`` (no torch needed)."""
+
+    def __init__(self, log_dir: str) -> None:
+        self.writer = tf.summary.create_file_writer(log_dir)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        with self.writer.as_default():
+            tf.summary.scalar(tag, value, step=step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
-class Checkpointer:
-    """Rank-0 checkpoints of Keras weights and optimizer state as .npz, restored by broadcast.
+class TFBackend(Backend):
+    """A Keras model, its optimizer, a loss and ImageDatasets (N, H, W), for the core.
 
-    Files hold only arrays and a JSON header and are read with ``allow_pickle=False``. Every
-    rank calls :meth:`restore` once (after the optimizer is built) and :meth:`save` at the same
-    points; both are collectives.
+    The optimizer is built here. For the custom loop it is a plain Keras optimizer (Horovod's
+    tape averages the gradients); for ``model.fit`` it is Horovod's Keras DistributedOptimizer.
+    ``topk`` and ``num_classes`` are as for ``Backend``.
     """
 
-    def __init__(self, rt: Runtime, cfg: TrainConfig, recipe: str, model, optimizer,
-                 steps_per_epoch: int = 1) -> None:
-        self.rt, self.recipe, self.model, self.optimizer = rt, recipe, model, optimizer
-        self.steps_per_epoch = steps_per_epoch
-        self.seed = cfg.seed
-        self.store = (CheckpointStore(cfg.checkpoint_dir, cfg.keep_checkpoints, suffix="npz")
-                      if cfg.checkpoint_dir else None)
+    checkpoint_suffix = "npz"
+    hvd = hvd
 
-    def _load(self, path: str) -> dict:
+    def __init__(self, rt: Runtime, cfg: TrainConfig, model, optimizer, loss_fn, train, val,
+                 topk: tuple[int, ...] = (1,), num_classes: int = 0,
+                 val_batch_size: int = 256) -> None:
+        super().__init__(rt, cfg, model, optimizer, loss_fn, len(train), len(val), topk,
+                         num_classes, val_batch_size)
+        self.train, self.val = train, val
+        # (N, H, W) grey images get their channel axis; (N, H, W, C) ones are used as they are.
+        self.images, self.val_images = (d.images[..., None] if d.images.ndim == 3 else d.images
+                                        for d in (train, val))
+        if cfg.run.amp:
+            self.notices.append("--amp is not wired for TensorFlow recipes yet; training in fp32")
+        optimizer.build(model.trainable_variables)
+        self._train_step = self._eval_step = None
+
+    # --- the job and its collectives ------------------------------------------------------------
+    def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
+        return allreduce_sum(values)
+
+    # --- random number generators ---------------------------------------------------------------
+    def rng_state(self) -> dict:
+        """Python's, numpy's and TensorFlow's global generator, as JSON values."""
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {"python": random.getstate(),
+                "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+                "tf": tf.random.get_global_generator().state.numpy().tolist()}
+
+    def set_rng_state(self, state: dict) -> None:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        kind, keys, pos, has_gauss, g = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, g))
+        tf.random.get_global_generator().reset(np.asarray(state["tf"], dtype=np.int64))
+
+    def seed(self, seed: int) -> None:
+        seed_everything(seed)
+
+    # --- model and optimizer state ---------------------------------------------------------------
+    def variables(self) -> list:
+        return variables_of(self.model, self.optimizer)
+
+    def state(self) -> dict:
+        return {"arrays": [np.array(v.numpy()) for v in self.variables()]}
+
+    def snapshot(self) -> dict:
+        return self.state()  # numpy copies already
+
+    def load_state(self, state: dict, source: str) -> None:
+        variables, arrays = self.variables(), state["arrays"]
+        if len(variables) != len(arrays):
+            raise CheckpointError(f"{source!r} holds {len(arrays)} arrays for "
+                                  f"{len(variables)} variables")
+        for v, a in zip(variables, arrays, strict=True):
+            v.assign(a)
+
+    def signature(self) -> list[list]:
+        return [[_name(v), list(v.shape)] for v in self.variables()]
+
+    def broadcast_state(self) -> None:
+        broadcast_state(self.model, self.optimizer)
+
+    def write_checkpoint(self, f, record: dict) -> None:
+        arrays = record["state"]["arrays"]
+        header = {k: v for k, v in record.items() if k != "state"}
+        header.update(format=CHECKPOINT_FORMAT, count=len(arrays))
+        buf = io.BytesIO()
+        np.savez(buf, header=np.array(json.dumps(header)),
+                 **{f"v{i}": a for i, a in enumerate(arrays)})
+        f.write(buf.getvalue())
+
+    def read_checkpoint(self, path: str) -> dict:
         with np.load(path, allow_pickle=False) as f:
             header = json.loads(str(f["header"]))
             arrays = [f[f"v{i}"] for i in range(header.get("count", 0))]
         if header.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path!r} is not a horovod-recipes TensorFlow checkpoint")
-        if header.get("recipe") != self.recipe:
-            raise CheckpointError(f"{path!r} was saved by recipe {header.get('recipe')!r}, not "
-                                  f"{self.recipe!r}; use another --checkpoint-dir")
-        ours = signature(variables_of(self.model, self.optimizer))
-        if header["signature"] != ours:
-            raise CheckpointError(f"{path!r} holds a different model or optimizer; "
-                                  "use another --checkpoint-dir")
-        return {"header": header, "arrays": arrays}
+        return {**header, "state": {"arrays": arrays}}
 
-    def restore(self):
-        """Resume from the newest valid checkpoint; returns (epoch, step, path, notices)."""
-        found, error, notices = None, "", []
-        if self.rt.is_root and self.store is not None:
-            try:
-                found = self.store.newest_valid(self._load)
-                if found:
-                    for v, a in zip(variables_of(self.model, self.optimizer),
-                                    found[1]["arrays"], strict=True):
-                        v.assign(a)
-                    if found[2]:
-                        notices.append(f"skipped unreadable checkpoints: {', '.join(found[2])}")
-            except CheckpointError as e:
-                error = str(e)
-        agree(not error, error, hvd.broadcast_object)
-        meta = None
-        if found:
-            h = found[1]["header"]
-            meta = {k: h[k] for k in ("epoch", "step", "world_size", "steps_per_epoch")}
-            meta["path"] = found[0].path
-        meta = hvd.broadcast_object(meta, root_rank=0, name="ckpt_meta")
-        broadcast_state(self.model, self.optimizer)
-        if meta is None:
-            return 0, 0, None, notices
-        step = meta["step"]
-        if meta["world_size"] != self.rt.size or meta["steps_per_epoch"] != self.steps_per_epoch:
-            step = meta["epoch"] * self.steps_per_epoch
-            notices.append(f"checkpoint was written by {meta['world_size']} worker(s); this run "
-                           f"has {self.rt.size}: continuing from the start of epoch "
-                           f"{meta['epoch'] + 1}")
-        return meta["epoch"], step, meta["path"], notices
+    # --- training and evaluation ----------------------------------------------------------------
+    def train_batches(self, epoch: int, start: int):
+        indices = self.train_indices(self.cfg.run.seed, epoch, start)
+        return shard_dataset(self.images, self.train.labels, indices, self.samples_per_step)
 
-    def save(self, epoch: int, step: int) -> str | None:
-        """Write a checkpoint from rank 0 (a collective); returns its path."""
-        if self.store is None:
-            return None
-        path, error = None, ""
-        if self.rt.is_root:
-            variables = variables_of(self.model, self.optimizer)
-            header = {"format": CHECKPOINT_FORMAT, "recipe": self.recipe, "epoch": epoch,
-                      "step": step, "world_size": self.rt.size,
-                      "steps_per_epoch": self.steps_per_epoch, "count": len(variables),
-                      "signature": signature(variables)}
-            arrays = {f"v{i}": v.numpy() for i, v in enumerate(variables)}
+    def set_lr(self, lr: float) -> None:
+        self.optimizer.learning_rate.assign(lr)
 
-            def write(f):
-                buf = io.BytesIO()
-                np.savez(buf, header=np.array(json.dumps(header)), **arrays)
-                f.write(buf.getvalue())
+    def zero_counters(self):
+        return tf.zeros(self.train_layout.size, tf.float64)
 
-            try:
-                path = self.store.save(epoch, step, write)
-            except CheckpointError as e:
-                error = str(e)
-        agree(not error, error, hvd.broadcast_object)
-        return hvd.broadcast_object(path, root_rank=0, name="ckpt_path")
+    def read_counters(self, c) -> np.ndarray:
+        return np.asarray(c.numpy(), dtype=np.float64)
+
+    def train_step(self, batch):
+        if self._train_step is None:
+            self._train_step = self._make_train_step()
+        return self._train_step(*batch)
+
+    def _make_train_step(self):
+        """A tf.function: one optimizer step over a batch of K micro-batches traced in one tape,
+        so their gradients are summed locally and allreduced once (the K micro-batches'
+        activations are held at once)."""
+        model, optimizer, loss_fn, passes = self.model, self.optimizer, self.loss_fn, self.passes
+        layout, cfg = self.train_layout, self.cfg
+
+        @tf.function
+        def step(x, y):
+            n = tf.cast(tf.shape(y)[0], tf.float32)
+            total = tf.constant(0.0)
+            sums = tf.zeros(layout.size, tf.float64)
+            with tf.GradientTape() as tape:
+                for xs, ys in zip(tf.split(x, passes), tf.split(y, passes), strict=True):
+                    out = model(xs, training=True)
+                    loss = loss_fn(ys, out)
+                    total += loss * tf.cast(tf.shape(ys)[0], tf.float32) / n
+                    sums += counters(out, ys, loss, layout)
+            tape = distributed_tape(tape, cfg)  # distributed: allreduce in tape.gradient
+            grads = tape.gradient(total, tf_variables(model.trainable_variables))
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return sums
+
+        return step
+
+    def evaluate(self) -> MetricSums:
+        if self._eval_step is None:
+            model, loss_fn, layout = self.model, self.loss_fn, self.val_layout
+
+            @tf.function
+            def eval_step(x, y):
+                out = model(x, training=False)
+                return counters(out, y, loss_fn(y, out), layout)
+
+            self._eval_step = eval_step
+        idx = self.val_indices()
+        total = np.zeros(self.val_layout.size)
+        ds = tf.data.Dataset.from_tensor_slices((self.val_images[idx], self.val.labels[idx]))
+        for x, y in ds.batch(self.val_batch_size):
+            total += self._eval_step(x, y).numpy()
+        return MetricSums(self.val_layout, total)
+
+    def scalar_writer(self, log_dir: str):
+        return _ScalarWriter(log_dir)

@@ -1,68 +1,65 @@
-"""Torch backend owns the PyTorch side of the core: Horovod setup, gradient averaging, state broadcast,
-checkpoint (de)serialisation, train/eval steps and sharded batches.
+"""Torch backend owns PyTorch for the core: Horovod init, the DistributedOptimizer, and the loop's Backend.
 
-Everything framework-agnostic (config, LR schedule, metric sums, checkpoint files, output) lives
-in the sibling modules; this module only adapts them to ``torch`` and ``horovod.torch``.
+``init`` starts Horovod and pins threads and a device per rank; ``distributed_optimizer`` wraps
+an optimizer in Horovod's ``DistributedOptimizer`` with the core's gradient flags;
+:class:`TorchBackend` is the ``common.backend.Backend`` of a model, optimizer and datasets:
+train and eval steps (gradient accumulation, mixed precision), state broadcast, RNG state and
+the checkpoint file format (``torch.save``, read with ``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import horovod.torch as hvd
 import numpy as np
 import torch
 
-from common.checkpoint import CheckpointError, CheckpointStore
+from common.backend import Backend
+from common.checkpoint import CheckpointError
 from common.config import TrainConfig
-from common.data import shard_indices
-from common.failure import agree
-from common.metrics import MetricSums
-from common.runtime import Runtime, init_horovod, threads_per_worker
+from common.metrics import CounterLayout, MetricSums
+from common.runtime import Runtime, init_horovod, seed_host_rngs, threads_per_worker
+from common.torch_data import sharded_loader
 
 CHECKPOINT_FORMAT = "horovod-recipes/torch/1"
 
 
-def init(cfg: TrainConfig, comm=None) -> tuple[Runtime, torch.device]:
-    """Initialise Horovod, pin threads and device for this rank, seed every RNG from ``cfg.seed``."""
-    rt = init_horovod(hvd, comm, cfg.mpi_groups)
-    torch.set_num_threads(threads_per_worker(rt.local_size, cfg.threads_per_worker))
+def seed_everything(seed: int) -> None:
+    seed_host_rngs(seed)
+    torch.manual_seed(seed)
+
+
+def init(cfg: TrainConfig, comm=None) -> Runtime:
+    """Initialise Horovod, pin threads and device for this rank, seed every RNG from the seed."""
+    rt = init_horovod(hvd, comm, cfg.run.mpi_groups)
+    torch.set_num_threads(threads_per_worker(rt.local_size, cfg.run.threads_per_worker))
+    device = "cpu"
     if torch.cuda.is_available():
         # One GPU per rank: GPU local_rank, or the task's own GPU when the scheduler shows each
         # task only its own (SLURM's --gpus-per-task, CUDA_VISIBLE_DEVICES per rank).
         index = rt.local_rank % torch.cuda.device_count()
         torch.cuda.set_device(index)
-        device = torch.device("cuda", index)
-    else:
-        device = torch.device("cpu")
-    seed_everything(cfg.seed)
-    return rt, device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+        device = f"cuda:{index}"
+    seed_everything(cfg.run.seed)
+    return dataclasses.replace(rt, device=device)
 
 
 def distributed_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module,
                           cfg: TrainConfig) -> torch.optim.Optimizer:
     """Wrap ``optimizer`` in Horovod's DistributedOptimizer with the core's gradient options."""
+    g = cfg.gradients
     return hvd.DistributedOptimizer(
         optimizer,
         named_parameters=model.named_parameters(),
-        compression=hvd.Compression.fp16 if cfg.fp16_allreduce else hvd.Compression.none,
-        backward_passes_per_step=cfg.batches_per_allreduce,
-        op=hvd.Adasum if cfg.use_adasum else hvd.Average,
-        gradient_predivide_factor=cfg.gradient_predivide_factor,
+        compression=hvd.Compression.fp16 if g.fp16_allreduce else hvd.Compression.none,
+        backward_passes_per_step=g.batches_per_allreduce,
+        op=hvd.Adasum if g.use_adasum else hvd.Average,
+        gradient_predivide_factor=g.gradient_predivide_factor,
     )
-
-
-def adasum_local_size(rt: Runtime) -> int:
-    """Local size that Adasum's LR rule uses: GPUs with NCCL sum within a node first."""
-    return rt.local_size if torch.cuda.is_available() and hvd.nccl_built() else 1
 
 
 def allreduce_sum(values: np.ndarray) -> np.ndarray:
@@ -71,12 +68,7 @@ def allreduce_sum(values: np.ndarray) -> np.ndarray:
     return hvd.allreduce(t, op=hvd.Sum, name="metric_sums").numpy()
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def broadcast_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def broadcast_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Make every rank hold rank 0's parameters and optimizer state (a collective)."""
     # Horovod initialises an empty optimizer state with a zero-gradient step before it can
     # broadcast it, and that step moves parameters under weight decay. Fresh optimizers are
@@ -88,219 +80,8 @@ def broadcast_training_state(model: torch.nn.Module, optimizer: torch.optim.Opti
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
 
 
-def model_signature(model: torch.nn.Module) -> dict[str, list[int]]:
-    """Names and shapes of a model's state: what a checkpoint must match."""
-    return {k: list(v.shape) for k, v in model.state_dict().items()}
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
 def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
-
-
-@dataclass(frozen=True)
-class Progress:
-    """How far training has got: full epochs done and optimizer steps done in all.
-
-    ``step`` counts steps of the current run's size; ``step - epoch * steps_per_epoch`` steps of
-    the next epoch are already done when a run stopped inside an epoch.
-    """
-
-    epoch: int = 0
-    step: int = 0
-    checkpoint: str | None = None
-
-
-class Checkpointer:
-    """Rank-0 checkpoints of a model and optimizer, restored on every rank by broadcast.
-
-    Every rank calls :meth:`restore` once before training and :meth:`save` at the same points;
-    both are collectives. Files are read with ``torch.load(weights_only=True)``.
-    """
-
-    def __init__(self, rt: Runtime, cfg: TrainConfig, recipe: str,
-                 model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 steps_per_epoch: int = 1, scaler=None) -> None:
-        self.rt = rt
-        self.steps_per_epoch = steps_per_epoch
-        self.scaler = scaler
-        self.epoch_sums: list | None = None  # this rank's partial-epoch sums after restore
-        self.recipe = recipe
-        self.model = model
-        self.optimizer = optimizer
-        self.config = cfg.as_dict()
-        self.seed = cfg.seed
-        self.store = (CheckpointStore(cfg.checkpoint_dir, cfg.keep_checkpoints)
-                      if cfg.checkpoint_dir else None)
-
-    def _load(self, path: str) -> dict:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path!r} is not a horovod-recipes PyTorch checkpoint")
-        if ckpt.get("recipe") != self.recipe:
-            raise CheckpointError(
-                f"{path!r} was saved by recipe {ckpt.get('recipe')!r}, not {self.recipe!r}; "
-                "use another --checkpoint-dir"
-            )
-        theirs, ours = ckpt.get("model_signature"), model_signature(self.model)
-        if theirs != ours:
-            diff = sorted(set(map(str, theirs.items())) ^ set(map(str, ours.items())))[:2]
-            raise CheckpointError(
-                f"{path!r} holds a different model (first differences: {'; '.join(diff)}); "
-                "use another --checkpoint-dir"
-            )
-        return ckpt
-
-    def restore(self) -> tuple[Progress, list[str]]:
-        """Resume from the newest valid checkpoint (rank 0 reads, all ranks receive).
-
-        Returns the progress to continue from and notices for the user (rank 0's view).
-        """
-        found, error, notices = None, "", []
-        if self.rt.is_root and self.store is not None:
-            try:
-                found = self.store.newest_valid(self._load)
-                if found:
-                    ref, ckpt, skipped = found
-                    self.model.load_state_dict(ckpt["model"])
-                    try:
-                        self.optimizer.load_state_dict(ckpt["optimizer"])
-                    except (ValueError, KeyError) as e:
-                        raise CheckpointError(
-                            f"{ref.path!r}: optimizer state does not fit this optimizer ({e})"
-                        ) from None
-                    if self.scaler is not None and ckpt.get("scaler"):
-                        self.scaler.load_state_dict(ckpt["scaler"])
-                    if skipped:
-                        notices.append(f"skipped unreadable checkpoints: {', '.join(skipped)}")
-            except CheckpointError as e:
-                error = str(e)
-        agree(not error, error, hvd.broadcast_object)
-        meta = None
-        if found:
-            ref, ckpt, _ = found
-            meta = {"epoch": ckpt["epoch"], "step": ckpt["step"], "path": ref.path,
-                    "rng": ckpt["rng"], "world_size": ckpt["world_size"],
-                    "steps_per_epoch": ckpt["steps_per_epoch"],
-                    "epoch_sums": ckpt.get("epoch_sums")}
-        meta = hvd.broadcast_object(meta, root_rank=0, name="ckpt_meta")
-        broadcast_training_state(self.model, self.optimizer)
-        if meta is None:
-            return Progress(), notices
-        step = meta["step"]
-        if meta["world_size"] == self.rt.size and meta["steps_per_epoch"] == self.steps_per_epoch:
-            _set_rng_state(meta["rng"][self.rt.rank])
-            if meta["epoch_sums"] is not None:
-                self.epoch_sums = meta["epoch_sums"][self.rt.rank]
-        else:
-            # Steps mean other sample counts now: continue from the last full epoch.
-            step = meta["epoch"] * self.steps_per_epoch
-            notices.append(f"checkpoint was written by {meta['world_size']} worker(s) at "
-                           f"{meta['steps_per_epoch']} steps/epoch, this run has {self.rt.size} at "
-                           f"{self.steps_per_epoch}: continuing from the start of epoch "
-                           f"{meta['epoch'] + 1} with fresh data order and RNG streams")
-            seed_everything(self.seed + 1_000_003 * meta["epoch"] + self.rt.rank)
-        return Progress(meta["epoch"], step, meta["path"]), notices
-
-    def save(self, progress: Progress, epoch_sums: MetricSums | None = None) -> str | None:
-        """Write a checkpoint of ``progress`` from rank 0 (a collective); returns its path.
-
-        ``epoch_sums`` are this rank's metric sums of the epoch in progress, so that a run
-        resumed mid-epoch reports the same epoch metrics as an uninterrupted one.
-        """
-        if self.store is None:
-            return None
-        rngs = hvd.allgather_object(_rng_state(), name="rng_states")
-        sums = None if epoch_sums is None else epoch_sums.to_array().tolist()
-        all_sums = hvd.allgather_object(sums, name="epoch_sums")
-        path, error = None, ""
-        if self.rt.is_root:
-            ckpt = {
-                "format": CHECKPOINT_FORMAT,
-                "recipe": self.recipe,
-                "model_signature": model_signature(self.model),
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "epoch": progress.epoch,
-                "step": progress.step,
-                "rng": rngs,
-                "world_size": self.rt.size,
-                "steps_per_epoch": self.steps_per_epoch,
-                "epoch_sums": None if sums is None else all_sums,
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "config": self.config,
-            }
-            try:
-                path = self.store.save(progress.epoch, progress.step,
-                                       lambda f: torch.save(ckpt, f))
-            except CheckpointError as e:
-                error = str(e)
-        agree(not error, error, hvd.broadcast_object)
-        return hvd.broadcast_object(path, root_rank=0, name="ckpt_path")
-
-
-class ShardSampler(torch.utils.data.Sampler):
-    """This rank's shard of a dataset for a DataLoader (see ``common.data.shard_indices``).
-
-    ``set_epoch(epoch, skip)`` selects the epoch's permutation and passes over its first ``skip``
-    samples (resuming mid-epoch). With ``with_epoch`` it yields ``(epoch, index)`` keys for
-    datasets whose augmentation is seeded per epoch and sample (:class:`SeededTransform`).
-    """
-
-    def __init__(self, n: int, rt: Runtime, seed: int, shuffle: bool = True,
-                 drop_tail: bool = True, with_epoch: bool = False) -> None:
-        self.n, self.rt, self.seed = n, rt, seed
-        self.shuffle, self.drop_tail, self.with_epoch = shuffle, drop_tail, with_epoch
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    def indices(self) -> np.ndarray:
-        return shard_indices(self.n, self.rt.rank, self.rt.size, self.seed, self.epoch,
-                             self.shuffle, self.drop_tail)[self.skip:]
-
-    def __iter__(self):
-        for i in self.indices().tolist():
-            yield (self.epoch, i) if self.with_epoch else i
-
-    def __len__(self) -> int:
-        return len(self.indices())
-
-
-class SeededTransform(torch.utils.data.Dataset):
-    """A dataset whose random augmentation depends only on (seed, epoch, sample index).
-
-    Wrapping ``dataset[i] -> (x, y)`` and ``transform(x)``: the transform runs under torch's RNG
-    seeded from the key, and the caller's RNG state is left as it was. Augmentation is then the
-    same whichever rank, worker process or resumed run draws the sample.
-    """
-
-    def __init__(self, dataset, transform: Callable, seed: int) -> None:
-        self.dataset, self.transform, self.seed = dataset, transform, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        epoch, i = key if isinstance(key, tuple) else (0, key)
-        x, y = self.dataset[i]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((self.seed, epoch, i)) % 2**63)
-            return self.transform(x), y
 
 
 class Precision:
@@ -309,7 +90,8 @@ class Precision:
     On CPU ``--amp`` is ignored (``enabled`` False) and :attr:`notice` says so.
     """
 
-    def __init__(self, amp: bool, device: torch.device) -> None:
+    def __init__(self, amp: bool, device: str | torch.device) -> None:
+        device = torch.device(device)
         self.notice = None
         self.enabled = amp and device.type == "cuda"
         if amp and not self.enabled:
@@ -328,60 +110,166 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
 
 
-def topk_correct(out: torch.Tensor, y: torch.Tensor, topk: tuple[int, ...]) -> list[float]:
-    """How many rows of ``out`` have ``y`` among their k highest scores, for each k."""
-    k_max = min(max(topk), out.shape[1])
-    hits = out.topk(k_max, dim=1).indices == y[:, None]
-    return [float(hits[:, :k].any(dim=1).sum()) for k in topk]
+def counters(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor,
+             layout: CounterLayout) -> torch.Tensor:
+    """A batch's metric counters in ``layout`` order, on the device (no host sync)."""
+    out, n = out.detach().float(), len(y)
+    k_max = min(max(layout.topk), out.shape[1])
+    ranked = out.topk(k_max, dim=1).indices
+    hits = ranked == y[:, None]
+    parts = [loss.detach().double().reshape(1) * n, loss.new_full((1,), n, dtype=torch.float64),
+             *(hits[:, :k].any(dim=1).sum().double().reshape(1) for k in layout.topk)]
+    if layout.confusion_classes:
+        c = layout.confusion_classes
+        parts.append(torch.bincount(y * c + ranked[:, 0], minlength=c * c).double())
+    return torch.cat(parts)
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
-               x: torch.Tensor, y: torch.Tensor, passes: int,
-               precision: Precision | None = None,
-               topk: tuple[int, ...] = (1,)) -> tuple[float, list[float], int]:
-    """One optimizer step over a batch split into ``passes`` backward passes.
+class TorchBackend(Backend):
+    """A PyTorch model, its Horovod DistributedOptimizer, loss and datasets, for the core.
 
-    The per-pass loss is weighted by its share of the batch so the accumulated gradient is the
-    mean over the whole batch; Horovod allreduces once, after the last pass. With an fp16 grad
-    scaler, gradients are synchronised, unscaled, then stepped (Horovod's documented order).
-    Returns (mean loss, correct per top-k, samples).
+    ``optimizer`` must already be Horovod's DistributedOptimizer (:func:`distributed_optimizer`);
+    ``topk`` and ``num_classes`` as for ``Backend``.
     """
-    precision = precision or Precision(False, x.device)
-    scaler = precision.scaler
-    model.train()
-    optimizer.zero_grad()
-    loss_total, correct = 0.0, [0.0] * len(topk)
-    for xs, ys in zip(x.chunk(passes), y.chunk(passes), strict=True):
-        with precision.autocast():
-            out = model(xs)
-            loss = loss_fn(out, ys)
-        weighted = loss * (len(ys) / len(y))
-        (scaler.scale(weighted) if scaler else weighted).backward()
-        loss_total += loss.item() * len(ys)
-        correct = [a + b for a, b in zip(correct, topk_correct(out.detach(), ys, topk),
-                                          strict=True)]
-    if scaler is not None:
-        optimizer.synchronize()
-        scaler.unscale_(optimizer)
-        with optimizer.skip_synchronize():
-            scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    return loss_total / len(y), correct, len(y)
 
+    checkpoint_suffix = "pt"
+    hvd = hvd
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loss_fn: Callable, loader, device: torch.device,
-             topk: tuple[int, ...] = (1,), precision: Precision | None = None) -> MetricSums:
-    """This rank's loss and top-k sums over ``loader`` (reduce with ``global_sums``)."""
-    precision = precision or Precision(False, device)
-    model.eval()
-    sums = MetricSums(topk)
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with precision.autocast():
-            out = model(x)
-            loss = loss_fn(out, y)
-        sums.add(loss.item(), topk_correct(out.float(), y, topk), len(y))
-    return sums
+    def __init__(self, rt: Runtime, cfg: TrainConfig, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, loss_fn: Callable, train_set, val_set,
+                 topk: tuple[int, ...] = (1,), num_classes: int = 0,
+                 val_batch_size: int = 256) -> None:
+        super().__init__(rt, cfg, model, optimizer, loss_fn, len(train_set), len(val_set), topk,
+                         num_classes, val_batch_size)
+        self.precision = Precision(cfg.run.amp, self.device)
+        if self.precision.notice:
+            self.notices.append(self.precision.notice)
+        pin = torch.device(self.device).type == "cuda"
+        self.train_loader = sharded_loader(train_set, self.samples_per_step,
+                                           cfg.run.data_workers, pin, drop_last=True)
+        self.val_loader = sharded_loader(val_set, val_batch_size, cfg.run.data_workers, pin,
+                                         drop_last=False)
+        self.adasum_local_size = (rt.local_size if pin and hvd.nccl_built() else 1)
+
+    # --- the job and its collectives ------------------------------------------------------------
+    def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
+        return allreduce_sum(values)
+
+    # --- random number generators ---------------------------------------------------------------
+    def seed(self, seed: int) -> None:
+        seed_everything(seed)
+
+    def rng_state(self) -> dict:
+        state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def set_rng_state(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        random.setstate(_as_tuple(state["python"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
+
+    # --- model and optimizer state ---------------------------------------------------------------
+    def state(self) -> dict:
+        scaler = self.precision.scaler
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None}
+
+    def snapshot(self) -> dict:
+        return copy.deepcopy(self.state())
+
+    def load_state(self, state: dict, source: str) -> None:
+        self.model.load_state_dict(state["model"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"{source!r}: optimizer state does not fit this optimizer ({e})") from None
+        if self.precision.scaler is not None and state.get("scaler"):
+            self.precision.scaler.load_state_dict(state["scaler"])
+
+    def signature(self) -> list[list]:
+        return [[k, list(v.shape)] for k, v in self.model.state_dict().items()]
+
+    def broadcast_state(self) -> None:
+        broadcast_state(self.model, self.optimizer)
+
+    def write_checkpoint(self, f, record: dict) -> None:
+        # The file layout of format 1: flat keys, the model's signature as a dict.
+        flat = {k: v for k, v in record.items() if k not in ("state", "signature")}
+        torch.save({"format": CHECKPOINT_FORMAT, **flat, **record["state"],
+                    "model_signature": dict(record["signature"])}, f)
+
+    def read_checkpoint(self, path: str) -> dict:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path!r} is not a horovod-recipes PyTorch checkpoint")
+        record = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler")}
+        record["signature"] = [[k, list(v)] for k, v in ckpt.get("model_signature", {}).items()]
+        record["state"] = {k: ckpt.get(k) for k in ("model", "optimizer", "scaler")}
+        return record
+
+    # --- training and evaluation ----------------------------------------------------------------
+    def train_batches(self, epoch: int, start: int):
+        self.train_loader.sampler.set_epoch(epoch, self.train_indices(self.cfg.run.seed, epoch,
+                                                                      start))
+        return self.train_loader
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def zero_counters(self) -> torch.Tensor:
+        return torch.zeros(self.train_layout.size, dtype=torch.float64, device=self.device)
+
+    def read_counters(self, c: torch.Tensor) -> np.ndarray:
+        return c.cpu().numpy()
+
+    def train_step(self, batch) -> torch.Tensor:
+        """One optimizer step over a batch split into ``batches_per_allreduce`` backward passes.
+
+        Each pass's loss is weighted by its share of the batch so the accumulated gradient is the
+        mean over the whole batch; Horovod allreduces once, after the last pass. With an fp16
+        grad scaler, gradients are synchronised, unscaled, then stepped (Horovod's order).
+        """
+        x, y = (t.to(self.device, non_blocking=True) for t in batch)
+        model, optimizer, scaler = self.model, self.optimizer, self.precision.scaler
+        model.train()
+        optimizer.zero_grad()
+        total = self.zero_counters()
+        for xs, ys in zip(x.chunk(self.passes), y.chunk(self.passes), strict=True):
+            with self.precision.autocast():
+                out = model(xs)
+                loss = self.loss_fn(out, ys)
+            weighted = loss * (len(ys) / len(y))
+            (scaler.scale(weighted) if scaler else weighted).backward()
+            total = total + counters(out, ys, loss, self.train_layout)
+        if scaler is not None:
+            optimizer.synchronize()
+            scaler.unscale_(optimizer)
+            with optimizer.skip_synchronize():
+                scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        return total
+
+    @torch.no_grad()
+    def evaluate(self) -> MetricSums:
+        self.model.eval()
+        self.val_loader.sampler.set_epoch(0, self.val_indices())
+        total = torch.zeros(self.val_layout.size, dtype=torch.float64, device=self.device)
+        for x, y in self.val_loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.precision.autocast():
+                out = self.model(x)
+                loss = self.loss_fn(out, y)
+            total += counters(out, y, loss, self.val_layout)
+        return MetricSums(self.val_layout, total.cpu().numpy())
+
+    def scalar_writer(self, log_dir: str):
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(log_dir)

@@ -87,3 +87,21 @@ def test_only_unreadable_files_is_an_error(tmp_path):
 
 def test_empty_or_missing_directory(tmp_path):
     assert CheckpointStore(str(tmp_path / "nope")).newest_valid(load_obj) is None
+
+
+def test_save_policy_epochs_steps_end_and_stop():
+    from common.checkpoint import SavePolicy
+
+    every_epoch = SavePolicy(every_epochs=1, every_steps=0, epochs=3)
+    assert every_epoch.should_save(10, 1, epoch_complete=True)
+    assert not every_epoch.should_save(5, 0, epoch_complete=False)
+    assert every_epoch.should_save(5, 0, epoch_complete=False, stopping=True)
+    every_other = SavePolicy(every_epochs=2, every_steps=0, epochs=3)
+    assert [every_other.should_save(10 * e, e, True) for e in (1, 2, 3)] == [False, True, True]
+    steps_only = SavePolicy(every_epochs=0, every_steps=4, epochs=3)
+    assert steps_only.should_save(4, 0, epoch_complete=False)
+    assert not steps_only.should_save(6, 0, epoch_complete=False)
+    # A step checkpoint that falls on an epoch boundary is still written.
+    assert steps_only.should_save(8, 1, epoch_complete=True)
+    assert not steps_only.should_save(10, 1, epoch_complete=True)
+    assert steps_only.should_save(30, 3, epoch_complete=True)  # the end of training

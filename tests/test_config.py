@@ -11,15 +11,16 @@ def parse(argv, **defaults):
 
 def test_defaults_and_recipe_overrides():
     cfg = parse([], epochs=7)
-    assert cfg.epochs == 7 and cfg.batch_size == TrainConfig().batch_size
+    assert cfg.run.epochs == 7 and cfg.run.batch_size == TrainConfig().run.batch_size
 
 
 def test_flags_parse():
     cfg = parse(["--epochs", "3", "--fp16-allreduce", "--batches-per-allreduce", "2",
                  "--use-adasum", "--lr-decay", "step", "--decay-epochs", "1", "2"])
-    assert (cfg.epochs, cfg.fp16_allreduce, cfg.batches_per_allreduce, cfg.use_adasum) == (
+    g = cfg.gradients
+    assert (cfg.run.epochs, g.fp16_allreduce, g.batches_per_allreduce, g.use_adasum) == (
         3, True, 2, True)
-    assert cfg.decay_epochs == (1, 2)
+    assert cfg.schedule.decay_epochs == (1, 2)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -43,7 +44,7 @@ def test_yaml_config_with_flag_override(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("epochs: 5\nbase-lr: 0.5\nfp16_allreduce: true\n")
     cfg = parse(["--config", str(f), "--epochs", "9"])
-    assert (cfg.epochs, cfg.base_lr, cfg.fp16_allreduce) == (9, 0.5, True)
+    assert (cfg.run.epochs, cfg.schedule.base_lr, cfg.gradients.fp16_allreduce) == (9, 0.5, True)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -80,18 +81,38 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 def test_mpi_group_config_has_its_own_seed_and_folders():
     from common.config import TrainConfig
 
-    cfg = TrainConfig(seed=7, checkpoint_dir="runs/x/ckpt", metrics_file="runs/x/metrics.jsonl",
-                      log_dir=None, mpi_groups=3)
+    cfg = TrainConfig.from_flags(seed=7, checkpoint_dir="runs/x/ckpt",
+                                 metrics_file="runs/x/metrics.jsonl", log_dir=None, mpi_groups=3)
     g2 = cfg.for_group(2)
-    assert g2.seed == 9 and g2.mpi_groups == 3
-    assert g2.checkpoint_dir == "runs/x/ckpt/group2"
-    assert g2.metrics_file == "runs/x/group2/metrics.jsonl"
-    assert g2.log_dir is None
-    assert cfg.for_group(0).checkpoint_dir == "runs/x/ckpt/group0"
+    assert g2.run.seed == 9 and g2.run.mpi_groups == 3
+    assert g2.checkpoint.checkpoint_dir == "runs/x/ckpt/group2"
+    assert g2.output.metrics_file == "runs/x/group2/metrics.jsonl"
+    assert g2.output.log_dir is None
+    assert cfg.for_group(0).checkpoint.checkpoint_dir == "runs/x/ckpt/group0"
 
 
 def test_mpi_groups_must_be_positive():
     from common.config import ConfigError, TrainConfig
 
     with pytest.raises(ConfigError, match="--mpi-groups must be at least 1"):
-        TrainConfig(mpi_groups=0).validate()
+        TrainConfig.from_flags(mpi_groups=0).validate()
+
+
+def test_each_component_validates_itself():
+    from common.config import CheckpointConfig, GradientConfig, RunConfig, ScheduleConfig
+
+    for bad, message in [(RunConfig(epochs=0), "--epochs"),
+                         (ScheduleConfig(lr_decay="step"), "needs --decay-epochs"),
+                         (GradientConfig(batches_per_allreduce=0), "--batches-per-allreduce"),
+                         (CheckpointConfig(keep_checkpoints=0), "--keep-checkpoints")]:
+        with pytest.raises(ConfigError, match=message):
+            bad.validate()
+    with pytest.raises(TypeError, match="no core flag named 'epochz'"):
+        TrainConfig.from_flags(epochz=3)
+
+
+def test_flags_and_yaml_keys_map_one_to_one_onto_component_fields():
+    """Every core flag has exactly one home, named as the flag."""
+    parser = core_parser("test")
+    dests = {a.dest for a in parser._actions} - {"help", "config"}
+    assert dests == set(TrainConfig().as_dict())

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.metrics import MetricSums
+from common.metrics import CounterLayout, MetricSums, macro_f1
 
 
 def fake_allreduce(shards):
@@ -45,9 +45,39 @@ def test_empty_sums_are_nan():
 
 
 def test_topk_sums_reduce_per_k():
-    a, b = MetricSums(topk=(1, 5)), MetricSums(topk=(1, 5))
+    a, b = MetricSums(CounterLayout((1, 5))), MetricSums(CounterLayout((1, 5)))
     a.add(1.0, [3, 8], 10)
     b.add(1.0, [1, 2], 10)
     g = a.global_sums(fake_allreduce([a, b]))
     assert g.top(1) == pytest.approx(0.2) and g.top(5) == pytest.approx(0.5)
     assert g.accuracy == g.top(1)
+
+
+def test_metrics_lists_every_metric_the_counters_support():
+    sums = MetricSums(CounterLayout((1, 5), confusion_classes=3))
+    # 4 samples: true 0,0,1,2 predicted 0,1,1,1; top-5 always right with 3 classes
+    confusion = np.array([[1, 1, 0], [0, 1, 0], [0, 1, 0]], dtype=float)
+    sums.add_counters([4.0, 4, 2, 4, *confusion.ravel()])
+    m = sums.metrics()
+    assert set(m) == {"loss", "accuracy", "top5", "macro_f1"}
+    assert m["accuracy"] == 0.5 and m["top5"] == 1.0
+    # F1 per class: 0: 2*1/(2+0+1)=2/3; 1: 2*1/(2+2+0)=1/2; 2: 0
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+
+
+def test_macro_f1_is_reduced_from_counts_not_averaged_per_rank():
+    layout = CounterLayout((1,), confusion_classes=2)
+    a, b = MetricSums(layout), MetricSums(layout)
+    a.add_counters([0, 2, 2, 2, 0, 0, 0])  # rank a: two class-0 samples, both right
+    b.add_counters([0, 2, 0, 0, 0, 2, 0])  # rank b: two class-1 samples, both called 0
+    g = a.global_sums(fake_allreduce([a, b]))
+    assert macro_f1(g) == pytest.approx((2 * 2 / (4 + 2) + 0) / 2)
+    assert macro_f1(a) == 1.0  # rank a alone would say perfect
+
+
+def test_keras_rank_means_become_exact_sums():
+    """What the model.fit callback does with each rank's Keras log means."""
+    a = MetricSums(values=[1.0 * 10, 10, 0.5 * 10])  # 10 samples, mean loss 1, acc 0.5
+    b = MetricSums(values=[3.0 * 30, 30, 0.0])
+    g = a.global_sums(fake_allreduce([a, b]))
+    assert g.loss == pytest.approx(2.5) and g.accuracy == pytest.approx(5 / 40)

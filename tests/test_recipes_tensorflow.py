@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 from conftest import (
-    HELPERS,
     ROOT,
     final_record,
     horovodrun,
@@ -71,6 +69,27 @@ def test_resume_matches_uninterrupted_run(tmp_path, recipe):
     assert final_part["world_size"] == 2
 
 
+def test_custom_loop_resumes_mid_epoch_with_exact_metric_sums(tmp_path):
+    """The TF checkpoint holds every rank's RNG state and partial-epoch counters, as PyTorch's."""
+    full, _ = run(TF / "mnist.py", 2, tmp_path, "full", *RESUME, "--epochs", "2")
+    part, _ = run(TF / "mnist.py", 2, tmp_path, "part", *RESUME, "--epochs", "2",
+                  "--max-steps", "30")  # 22 steps per epoch: stopped 8 steps into epoch 2
+    _, stopped = weights(part)
+    assert (stopped["epoch"], stopped["step"]) == (1, 30)
+    assert len(stopped["rng"]) == 2 and len(stopped["epoch_sums"]) == 2
+    assert all(sums[1] == 8 * 32 for sums in stopped["epoch_sums"])  # 8 steps x 32 samples
+    _, proc = run(TF / "mnist.py", 2, tmp_path, "part", *RESUME, "--epochs", "2")
+    assert "(epoch 1, step 30)" in proc.stdout
+    (a, ha), (b, hb) = weights(full), weights(part)
+    assert ha["step"] == hb["step"] == 44
+    assert max_diff(a, b) <= 1e-6  # weights and optimizer slots
+    last = [r for r in read_records(part / "metrics.jsonl") if r["type"] == "epoch"][-1]
+    full_last = [r for r in read_records(full / "metrics.jsonl") if r["type"] == "epoch"][-1]
+    # The resumed epoch's metrics include the 8 steps before the stop, as uninterrupted.
+    assert last["train_loss"] == pytest.approx(full_last["train_loss"], rel=1e-9)
+    assert last["train_accuracy"] == full_last["train_accuracy"]
+
+
 def test_pytorch_and_tensorflow_see_the_same_lr(tmp_path):
     flags = ["--epochs", "4", "--warmup-epochs", "1.5", "--lr-decay", "step", "--decay-epochs",
              "3", "--base-lr", "0.02", "--batches-per-allreduce", "2", "--batch-size", "16"]
@@ -89,47 +108,10 @@ def test_pytorch_and_tensorflow_see_the_same_lr(tmp_path):
     assert lrs["pt"][3][1] == pytest.approx(target * 0.1)  # decayed after 3 epochs
 
 
-def test_metric_average_callback_gives_global_values(tmp_path):
-    out = tmp_path / "logs.json"
-    horovodrun(2, [HELPERS / "keras_callbacks_check.py", out], cwd=tmp_path)
-    logs = json.loads(out.read_text())
-    assert logs["loss"] == pytest.approx(1.5) and logs["accuracy"] == pytest.approx(0.25)
-    assert logs["val_loss"] == pytest.approx((3 * 2.0 + 7 * 4.0) / 10)  # weighted, not 3.0
-    assert logs["val_accuracy"] == pytest.approx(0.3)
-
-
-def test_lr_schedule_callback_warmup_endpoints():
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    from common.keras_callbacks import LRScheduleCallback
-    from common.schedule import LRSchedule
-
-    class Opt:
-        class LR:
-            value = None
-
-            def assign(self, v):
-                self.value = v
-
-        learning_rate = LR()
-
-    class Model:
-        optimizer = Opt()
-
-    cb = LRScheduleCallback(LRSchedule(0.1, 4, steps_per_epoch=10, epochs=5, warmup_epochs=1))
-    cb.set_model(Model())
-    seen = []
-    for b in range(12):
-        cb.on_train_batch_begin(b)
-        seen.append(Model.optimizer.learning_rate.value)
-        cb.on_train_batch_end(b)
-    assert seen[0] == pytest.approx(0.1) and seen[10] == pytest.approx(0.4)
-    assert all(x < y for x, y in zip(seen[:10], seen[1:11], strict=True))
-
-
 def test_elastic_keras_run_survives_a_killed_worker(tmp_path):
     records, output = run_elastic_and_kill_one(TF / "elastic_keras_mnist.py", tmp_path,
                                                epochs=20)
-    assert "2 worker(s): epochs" in output  # the callbacks were rebuilt for the new world
+    assert "world changed: 2 worker(s) now" in output  # the trainer re-entered the new world
     assert final_record(tmp_path / "metrics.jsonl")["world_size"] == 2
     epochs = [r["epoch"] for r in records if r["type"] == "epoch"]
     assert set(epochs) == set(range(1, 21))  # no epoch skipped (a restarted one repeats)
@@ -145,3 +127,29 @@ def test_tf_synthetic_benchmark_summary(tmp_path):
     assert rec["world_size"] == 2 and rec["model"] == "MobileNetV2"
     assert rec["img_per_sec_total"] == pytest.approx(2 * rec["img_per_sec_per_worker"])
     assert proc.stdout.count("total img/s on 2 worker(s)") == 1
+
+
+def test_tensorflow_recipe_writes_tensorboard_without_torch(tmp_path):
+    """Alone (no launcher): --log-dir scalars through tf.summary; torch is never imported."""
+    import subprocess
+
+    from conftest import BIN, HANG_GUARD_S, job_env
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorflow.python.framework.tensor_util import MakeNdarray
+
+    script = ("import sys; from recipes.tensorflow.mnist import main; "
+              f"main(['--epochs', '2', '--batch-size', '64', '--log-dir', {str(tmp_path / 'tb')!r}, "
+              f"'--checkpoint-dir', {str(tmp_path / 'ckpt')!r}, '--metrics-file', "
+              f"{str(tmp_path / 'm.jsonl')!r}]); print('torch imported:', 'torch' in sys.modules)")
+    proc = subprocess.run([str(BIN / "python"), "-c", script], cwd=tmp_path, env=job_env(),
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torch imported: False" in proc.stdout
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
+    events.Reload()
+    tags = set(events.Tags()["tensors"])
+    assert {"train/loss", "val/accuracy", "val/macro_f1", "lr", "samples_per_sec"} <= tags
+    accuracy = events.Tensors("val/accuracy")
+    assert [e.step for e in accuracy] == [22, 44]  # 1,438 // 64 steps per epoch
+    final = final_record(tmp_path / "m.jsonl")
+    assert float(MakeNdarray(accuracy[-1].tensor_proto)) == pytest.approx(final["val_accuracy"])

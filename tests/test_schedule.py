@@ -68,7 +68,7 @@ def test_cosine_never_increases_after_warmup(spe, epochs, warm):
 
 
 def test_from_config_uses_world_size_and_passes():
-    cfg = TrainConfig(base_lr=0.01, batches_per_allreduce=2, warmup_epochs=1)
+    cfg = TrainConfig.from_flags(base_lr=0.01, batches_per_allreduce=2, warmup_epochs=1)
     s = LRSchedule.from_config(cfg, world_size=4, steps_per_epoch=10)
     assert s.target_lr == pytest.approx(0.08)
-    assert LRSchedule.from_config(TrainConfig(lr_scaling="none"), 8, 10).target_lr == 0.01
+    assert LRSchedule.from_config(TrainConfig.from_flags(lr_scaling="none"), 8, 10).target_lr == 0.01

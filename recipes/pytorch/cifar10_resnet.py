@@ -17,11 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
-from common import torch_backend as tb
 from common.config import ConfigError, core_parser, parse_config
 from common.data import load_cifar10
 from common.failure import run_main
-from common.torch_training import fit
+from common.torch_backend import TorchBackend, distributed_optimizer, init
+from common.torch_data import SeededTransform
+from common.trainer import fit
+from recipes.shared import run_dirs
 
 RECIPE = "pytorch/cifar10_resnet"
 
@@ -78,28 +80,29 @@ def cifar_datasets(data_dir: str, seed: int):
     augment = v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), *normalise])
     train = torch.utils.data.TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
     val = torch.utils.data.TensorDataset(torch.from_numpy(x_val), torch.from_numpy(y_val))
-    return (tb.SeededTransform(train, augment, seed),
-            tb.SeededTransform(val, v2.Compose(normalise), seed))
+    return (SeededTransform(train, augment, seed),
+            SeededTransform(val, v2.Compose(normalise), seed))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = core_parser(__doc__.splitlines()[0], epochs=160, batch_size=128, base_lr=0.1,
                          weight_decay=1e-4, warmup_epochs=2, lr_decay="cosine",
-                         checkpoint_dir="runs/cifar10/checkpoints",
-                         metrics_file="runs/cifar10/metrics.jsonl")
+                         **run_dirs(RECIPE))
     parser.add_argument("--depth", type=int, default=20, help="ResNet depth, 6n+2")
     cfg, args = parse_config(parser, argv)
-    if not cfg.data_dir:
+    if not cfg.run.data_dir:
         raise ConfigError("--data-dir is required: a folder with CIFAR-10's python batches")
-    rt, device = tb.init(cfg)  # distributed: hvd.init, threads and device per rank
+    rt = init(cfg)  # distributed: hvd.init, threads and device per rank
 
-    train_set, val_set = cifar_datasets(cfg.data_dir, cfg.seed)
-    model = CifarResNet(args.depth).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
-    optimizer = tb.distributed_optimizer(optimizer, model, cfg)  # distributed
-    fit(rt, cfg, RECIPE, model, optimizer, F.cross_entropy, train_set, val_set, device,
-        vars(args), describe=f" (ResNet-{args.depth})")
+    train_set, val_set = cifar_datasets(cfg.run.data_dir, cfg.run.seed)
+    model = CifarResNet(args.depth).to(rt.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.schedule.base_lr,
+                                momentum=cfg.optimizer.momentum,
+                                weight_decay=cfg.optimizer.weight_decay)
+    optimizer = distributed_optimizer(optimizer, model, cfg)  # distributed
+    backend = TorchBackend(rt, cfg, model, optimizer, F.cross_entropy, train_set, val_set,
+                           num_classes=10)
+    fit(backend, cfg, RECIPE, vars(args), describe=f" (ResNet-{args.depth})")
 
 
 if __name__ == "__main__":

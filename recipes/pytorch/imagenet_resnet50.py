@@ -20,13 +20,15 @@ import torchvision
 from torch import nn
 from torchvision.transforms import v2
 
-from common import torch_backend as tb
 from common.config import ConfigError, core_parser, parse_config
 from common.data import DataError
 from common.failure import run_main
-from common.torch_training import fit
+from common.torch_backend import TorchBackend, distributed_optimizer, init
+from common.torch_data import SeededTransform
+from common.trainer import fit
+from recipes.shared import run_dirs
 
-RECIPE = "pytorch/imagenet"
+RECIPE = "pytorch/imagenet_resnet50"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
@@ -48,7 +50,7 @@ def image_folders(train_dir: str, val_dir: str, image_size: int, seed: int):
                           v2.RandomHorizontalFlip(), *to_tensor])
     center = v2.Compose([v2.Resize(int(round(image_size / 0.875)), antialias=True),
                          v2.CenterCrop(image_size), *to_tensor])
-    return (tb.SeededTransform(train, augment, seed), tb.SeededTransform(val, center, seed),
+    return (SeededTransform(train, augment, seed), SeededTransform(val, center, seed),
             train.classes)
 
 
@@ -74,9 +76,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay_bn_bias: bool):
 def main(argv: list[str] | None = None) -> None:
     parser = core_parser(__doc__.splitlines()[0], epochs=90, batch_size=32, base_lr=0.0125,
                          warmup_epochs=5, lr_decay="step", decay_epochs=(30, 60, 80),
-                         momentum=0.9, weight_decay=5e-5, data_workers=4,
-                         checkpoint_dir="runs/imagenet/checkpoints",
-                         metrics_file="runs/imagenet/metrics.jsonl")
+                         momentum=0.9, weight_decay=5e-5, data_workers=4, **run_dirs(RECIPE))
     parser.add_argument("--train-dir", help="ImageFolder of training images")
     parser.add_argument("--val-dir", help="ImageFolder of validation images")
     parser.add_argument("--model", default="resnet50", help="any torchvision model name")
@@ -88,17 +88,18 @@ def main(argv: list[str] | None = None) -> None:
     cfg, args = parse_config(parser, argv)
     if not 0 <= args.label_smoothing < 1:
         raise ConfigError("--label-smoothing must be in [0, 1)")
-    rt, device = tb.init(cfg)  # distributed: hvd.init, threads and device per rank
+    rt = init(cfg)  # distributed: hvd.init, threads and device per rank
 
     train_set, val_set, classes = image_folders(args.train_dir, args.val_dir, args.image_size,
-                                                cfg.seed)
-    model = build_model(args.model, len(classes)).to(device)
-    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay, args.decay_bn_bias),
-                                lr=cfg.base_lr, momentum=cfg.momentum)
-    optimizer = tb.distributed_optimizer(optimizer, model, cfg)  # distributed
+                                                cfg.run.seed)
+    model = build_model(args.model, len(classes)).to(rt.device)
+    optimizer = torch.optim.SGD(param_groups(model, cfg.optimizer.weight_decay, args.decay_bn_bias),
+                                lr=cfg.schedule.base_lr, momentum=cfg.optimizer.momentum)
+    optimizer = distributed_optimizer(optimizer, model, cfg)  # distributed
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    fit(rt, cfg, RECIPE, model, optimizer, loss_fn, train_set, val_set, device, vars(args),
-        topk=(1, 5), describe=f" ({args.model}, {len(classes)} classes)")
+    backend = TorchBackend(rt, cfg, model, optimizer, loss_fn, train_set, val_set, topk=(1, 5),
+                           num_classes=len(classes))
+    fit(backend, cfg, RECIPE, vars(args), describe=f" ({args.model}, {len(classes)} classes)")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import torch_backend as tb
-from common.config import MNIST_DEFAULTS, core_parser, parse_config, run_dirs
+from common.config import core_parser, parse_config
 from common.data import load_mnist_or_digits
 from common.failure import run_main
-from common.torch_training import fit
+from common.torch_backend import TorchBackend, distributed_optimizer, init
+from common.trainer import fit
+from recipes.shared import MNIST_DEFAULTS, run_dirs
 
 RECIPE = "pytorch/mnist"
 
@@ -46,19 +47,25 @@ def as_tensors(ds) -> torch.utils.data.TensorDataset:
                                           torch.from_numpy(ds.labels))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = core_parser(__doc__.splitlines()[0], **MNIST_DEFAULTS,
-                         **run_dirs("mnist"))
-    cfg, args = parse_config(parser, argv)
-    rt, device = tb.init(cfg)  # distributed: hvd.init, threads and device per rank
+def build(cfg, rt) -> tuple[TorchBackend, str]:
+    """The CNN, its optimizer and the data, handed to the core as a backend (and a description)."""
+    train_set, val_set = load_mnist_or_digits(cfg.run.data_dir)
+    model = Net().to(rt.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.schedule.base_lr,
+                                momentum=cfg.optimizer.momentum,
+                                weight_decay=cfg.optimizer.weight_decay)
+    optimizer = distributed_optimizer(optimizer, model, cfg)  # distributed
+    backend = TorchBackend(rt, cfg, model, optimizer, F.cross_entropy, as_tensors(train_set),
+                           as_tensors(val_set), num_classes=10)
+    return backend, f" ({train_set.name})"
 
-    train_set, val_set = load_mnist_or_digits(cfg.data_dir)
-    model = Net().to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
-    optimizer = tb.distributed_optimizer(optimizer, model, cfg)  # distributed
-    fit(rt, cfg, RECIPE, model, optimizer, F.cross_entropy, as_tensors(train_set),
-        as_tensors(val_set), device, vars(args), describe=f" ({train_set.name})")
+
+def main(argv: list[str] | None = None) -> None:
+    parser = core_parser(__doc__.splitlines()[0], **MNIST_DEFAULTS, **run_dirs(RECIPE))
+    cfg, args = parse_config(parser, argv)
+    rt = init(cfg)  # distributed: hvd.init, threads and device per rank
+    backend, describe = build(cfg, rt)
+    fit(backend, cfg, RECIPE, vars(args), describe)
 
 
 if __name__ == "__main__":

@@ -4,21 +4,23 @@ Run alone:           python recipes/tensorflow/mnist.py
 Run on 2 workers:    horovodrun -np 2 python recipes/tensorflow/mnist.py
 Real MNIST:          ... --data-dir DIR   (train-/t10k- images/labels IDX files, plain or .gz)
 
-Same data, flags, sharding, LR schedule, checkpoints and output as recipes/pytorch/mnist.py. The
-train step is a tf.function with Horovod's DistributedGradientTape (common/tf_training.py).
-Variables are broadcast from rank 0 once the optimizer is built, before the first step.
+Same data, flags, sharding, LR schedule, checkpoints, output and training loop
+(common/trainer.py) as recipes/pytorch/mnist.py. The train step is a tf.function with Horovod's
+DistributedGradientTape (common/tf_backend.py). Variables are broadcast from rank 0 once the
+optimizer is built, before the first step.
 """
 
 from __future__ import annotations
 
-from common import tf_backend as tfb
-from common.config import MNIST_DEFAULTS, core_parser, parse_config, run_dirs
+from common.config import core_parser, parse_config
 from common.data import load_mnist_or_digits
 from common.failure import run_main
-from common.tf_training import fit
+from common.tf_backend import TFBackend, init, tf
+from common.trainer import fit
+from recipes.shared import MNIST_DEFAULTS, run_dirs
 
 RECIPE = "tensorflow/mnist"
-keras = tfb.tf.keras
+keras = tf.keras
 
 
 def build_model(image_size: int):
@@ -35,16 +37,17 @@ def build_model(image_size: int):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = core_parser(__doc__.splitlines()[0], **MNIST_DEFAULTS,
-                         **run_dirs("tf_mnist"))
+    parser = core_parser(__doc__.splitlines()[0], **MNIST_DEFAULTS, **run_dirs(RECIPE))
     cfg, args = parse_config(parser, argv)
-    rt = tfb.init(cfg)  # distributed: hvd.init, threads and GPU per rank
+    rt = init(cfg)  # distributed: hvd.init, threads and GPU per rank
 
-    train, val = load_mnist_or_digits(cfg.data_dir)
+    train, val = load_mnist_or_digits(cfg.run.data_dir)
     model = build_model(train.images.shape[1])
-    optimizer = keras.optimizers.SGD(cfg.base_lr, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay or None)
-    fit(rt, cfg, RECIPE, model, optimizer, train, val, vars(args), f" ({train.name})")
+    optimizer = keras.optimizers.SGD(cfg.schedule.base_lr, momentum=cfg.optimizer.momentum,
+                                     weight_decay=cfg.optimizer.weight_decay or None)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    backend = TFBackend(rt, cfg, model, optimizer, loss_fn, train, val, num_classes=10)
+    fit(backend, cfg, RECIPE, vars(args), f" ({train.name})")
 
 
 if __name__ == "__main__":

@@ -2,30 +2,24 @@
 
 Run:  horovodrun -np 2 python recipes/tensorflow/synthetic_benchmark.py --model ResNet50
 
-The same measurement and output as recipes/pytorch/synthetic_benchmark.py: warm-up batches,
-then --num-iters timed iterations of --num-batches-per-iter batches through a tf.function step
-with Horovod's DistributedGradientTape; images/s per worker and summed over workers, mean and
-95% interval, with --metrics-file a JSON record of type "benchmark".
+The same measurement and output as recipes/pytorch/synthetic_benchmark.py (common/benchmark.py)
+through the core's tf.function train step with Horovod's DistributedGradientTape
+(common/tf_backend.py): images/s per worker and summed over workers, mean and 95% interval,
+with --metrics-file a JSON record of type "benchmark".
 """
 
 from __future__ import annotations
 
-import time
+import numpy as np
 
-from common import tf_backend as tfb
-from common.config import (
-    ConfigError,
-    add_benchmark_flags,
-    check_benchmark_args,
-    core_parser,
-    parse_config,
-)
+from common import benchmark
+from common.config import ConfigError, core_parser, parse_config
+from common.data import ImageDataset
 from common.failure import run_main
 from common.output import Reporter
-from common.tf_training import make_train_step
+from common.tf_backend import TFBackend, init, tf
 
 RECIPE = "tensorflow/synthetic_benchmark"
-tf = tfb.tf
 
 
 def build_model(name: str, image_size: int, num_classes: int):
@@ -40,43 +34,40 @@ def build_model(name: str, image_size: int, num_classes: int):
 
 def main(argv: list[str] | None = None) -> None:
     parser = core_parser(__doc__.splitlines()[0], batch_size=32, base_lr=0.01)
-    add_benchmark_flags(parser, "ResNet50", "a keras.applications model name")
+    benchmark.add_flags(parser, "ResNet50", "a keras.applications model name")
     cfg, args = parse_config(parser, argv)
-    check_benchmark_args(args)
-    rt = tfb.init(cfg)  # distributed
-    out = Reporter(rt.is_root, cfg.metrics_file, progress=False)
+    benchmark.check_args(args)
+    rt = init(cfg)  # distributed
+    out = Reporter(rt.is_root, cfg.output)
 
     model = build_model(args.model, args.image_size, args.num_classes)
-    optimizer = tf.keras.optimizers.SGD(cfg.base_lr, momentum=cfg.momentum)
-    optimizer.build(model.trainable_variables)
-    tfb.broadcast_state(model, optimizer)  # distributed
-    step = make_train_step(model, optimizer, cfg)
-    n = cfg.batch_size * cfg.batches_per_allreduce
-    x = tf.random.uniform((n, args.image_size, args.image_size, 3))
-    y = tf.random.uniform((n,), maxval=args.num_classes, dtype=tf.int32)
+    optimizer = tf.keras.optimizers.SGD(cfg.schedule.base_lr, momentum=cfg.optimizer.momentum)
+    n = cfg.run.batch_size * cfg.gradients.batches_per_allreduce
+    rng = np.random.default_rng(cfg.run.seed)
+    data = ImageDataset(rng.random((n, args.image_size, args.image_size, 3), dtype=np.float32),
+                        rng.integers(0, args.num_classes, n), "synthetic")
+    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    backend = TFBackend(rt, cfg, model, optimizer, loss_fn, data, data)
+    backend.broadcast_state()  # distributed
+    x, y = tf.constant(data.images), tf.constant(data.labels)
 
     def run(batches: int) -> None:
         for _ in range(batches):
-            loss, _ = step(x, y)
+            counters = backend.train_step((x, y))
         if batches:
-            float(loss)  # wait for the device
+            backend.read_counters(counters)  # wait for the device
 
-    out.print(f"{RECIPE}: {args.model}, {args.image_size}px, batch {cfg.batch_size} x "
-              f"{cfg.batches_per_allreduce} per step, {rt.size} worker(s), "
-              f"fp16 allreduce {cfg.fp16_allreduce}, adasum {cfg.use_adasum}")
-    run(max(args.num_warmup_batches, 1))  # at least one: traces the tf.function
-    rates = []
-    for i in range(args.num_iters):
-        t0 = time.perf_counter()
-        run(args.num_batches_per_iter)
-        rates.append(n * args.num_batches_per_iter / (time.perf_counter() - t0))
-        out.print(f"iter #{i}: {rates[-1]:.1f} img/s per worker")
-    out.benchmark(rates, tfb.allreduce_sum, rt.size,  # distributed: summed over workers
-                  recipe=RECIPE, model=args.model, image_size=args.image_size,
-                  batch_size=cfg.batch_size, batches_per_allreduce=cfg.batches_per_allreduce,
-                  device="gpu" if tf.config.list_physical_devices("GPU") else "cpu",
-                  fp16_allreduce=cfg.fp16_allreduce, use_adasum=cfg.use_adasum,
-                  batches_per_iter=args.num_batches_per_iter)
+    out.print(f"{RECIPE}: {args.model}, {args.image_size}px, batch {cfg.run.batch_size} x "
+              f"{cfg.gradients.batches_per_allreduce} per step, {rt.size} worker(s), "
+              f"fp16 allreduce {cfg.gradients.fp16_allreduce}, adasum {cfg.gradients.use_adasum}")
+    run(1)  # traces the tf.function
+    benchmark.measure(run, n, args, out, backend.allreduce_sum, rt.size,  # distributed
+                      recipe=RECIPE, model=args.model, image_size=args.image_size,
+                      batch_size=cfg.run.batch_size,
+                      batches_per_allreduce=cfg.gradients.batches_per_allreduce,
+                      device="gpu" if tf.config.list_physical_devices("GPU") else "cpu",
+                      fp16_allreduce=cfg.gradients.fp16_allreduce,
+                      use_adasum=cfg.gradients.use_adasum)
 
 
 if __name__ == "__main__":

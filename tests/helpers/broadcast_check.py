@@ -6,25 +6,25 @@ import sys
 import horovod.torch as hvd
 import torch
 
-from common import torch_backend as tb
 from common.config import TrainConfig
 from common.failure import run_main
+from common.torch_backend import broadcast_state, distributed_optimizer, init
 from recipes.pytorch.mnist import Net
 
 
 def main():
-    rt, _ = tb.init(TrainConfig(seed=1234))
+    rt = init(TrainConfig.from_flags(seed=1234))
     torch.manual_seed(1000 + rt.rank)  # deliberately different initial weights per rank
     model = Net()
-    opt = tb.distributed_optimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
-                                   model, TrainConfig())
+    opt = distributed_optimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                                model, TrainConfig())
 
     def gathered():
         flat = torch.cat([p.detach().flatten() for p in model.state_dict().values()])
         return hvd.allgather(flat.unsqueeze(0)).double()
 
     before = gathered()
-    tb.broadcast_training_state(model, opt)
+    broadcast_state(model, opt)
     after = gathered()
     if rt.is_root:
         with open(sys.argv[1], "w") as f:

@@ -3,19 +3,23 @@
 import sys
 
 import torch
+import torch.nn.functional as F
 
-from common import torch_backend as tb
+from common.checkpoint import CheckpointManager
 from common.config import TrainConfig
 from common.failure import run_main
+from common.torch_backend import TorchBackend, init
 from recipes.pytorch.mnist import RECIPE
 
 
 def main():
-    cfg = TrainConfig(checkpoint_dir=sys.argv[1])
-    rt, _ = tb.init(cfg)
+    cfg = TrainConfig.from_flags(checkpoint_dir=sys.argv[1])
+    rt = init(cfg)
     model = torch.nn.Linear(64, 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    tb.Checkpointer(rt, cfg, RECIPE, model, opt).save(tb.Progress(1, 10))
+    data = torch.utils.data.TensorDataset(torch.zeros(4, 64), torch.zeros(4, dtype=torch.long))
+    backend = TorchBackend(rt, cfg, model, opt, F.cross_entropy, data, data)
+    CheckpointManager(backend, cfg, RECIPE).save(1, 10)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,175 @@
+"""Backend owns the interface to a framework: what the loop, checkpoints and metrics ask of it.
+
+The training loop (``common.trainer``), the checkpoint manager (``common.checkpoint``) and the
+Keras callbacks are written once against :class:`Backend`. A framework implements it once for a
+model, an optimizer and a data set: ``common.torch_backend.TorchBackend`` and
+``common.tf_backend.TFBackend``. A new framework is a new subclass; nothing else changes.
+
+Counters (``train_step``'s result) stay on the framework's device and are only read (a host
+sync) when :meth:`read_counters` is called: once per epoch, or when a progress bar refreshes.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from common.config import TrainConfig
+from common.data import shard_indices
+from common.metrics import MAX_CONFUSION_CLASSES, CounterLayout, MetricSums
+from common.runtime import Runtime
+
+
+class Backend(abc.ABC):
+    """One framework's model, optimizer and data, as the core sees them.
+
+    Subclasses set ``hvd`` (their Horovod module) and ``checkpoint_suffix``; :meth:`__init__`
+    sets the rest from the config: ``train_layout`` /
+    ``val_layout`` (which metric counters they fill),
+    ``samples_per_step`` (per rank), ``n_train`` / ``n_val``, ``checkpoint_suffix`` and
+    ``notices`` (remarks for the user at the start of a run).
+    """
+
+    train_layout: CounterLayout = CounterLayout()
+    val_layout: CounterLayout = CounterLayout()
+    samples_per_step: int = 1
+    n_train: int = 0
+    n_val: int = 0
+    checkpoint_suffix: str = "ckpt"
+    notices: list[str]
+
+    def __init__(self, rt: Runtime, cfg: TrainConfig, model, optimizer, loss_fn, n_train: int,
+                 n_val: int, topk: tuple[int, ...] = (1,), num_classes: int = 0,
+                 val_batch_size: int = 256) -> None:
+        """``topk``: the accuracies to report (top-1 first); ``num_classes``: with up to
+        ``MAX_CONFUSION_CLASSES`` classes validation also counts a confusion matrix."""
+        self.device = rt.device
+        self.cfg, self.model, self.optimizer, self.loss_fn = cfg, model, optimizer, loss_fn
+        self.passes = cfg.gradients.batches_per_allreduce
+        self.samples_per_step = cfg.run.batch_size * self.passes
+        self.n_train, self.n_val, self.val_batch_size = n_train, n_val, val_batch_size
+        self.train_layout = CounterLayout(tuple(topk))
+        confusion = num_classes if 0 < num_classes <= MAX_CONFUSION_CLASSES else 0
+        self.val_layout = CounterLayout(tuple(topk), confusion)
+        self.notices = []
+
+    # --- the job and its collectives (every rank calls these) ---------------------------------
+    hvd: Any  # the framework's Horovod module (horovod.torch, horovod.tensorflow)
+    device: str = "cpu"
+
+    def runtime(self) -> Runtime:
+        """This process's rank and world now (it changes in elastic runs)."""
+        return Runtime.current(self.hvd, self.device)
+
+    @abc.abstractmethod
+    def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
+        """Sum a float64 vector over all ranks."""
+
+    def broadcast_object(self, obj: Any, root_rank: int = 0, name: str | None = None) -> Any:
+        """Rank ``root_rank``'s picklable object on every rank."""
+        return self.hvd.broadcast_object(obj, root_rank=root_rank, name=name)
+
+    def allgather_object(self, obj: Any, name: str | None = None) -> list:
+        """Every rank's picklable object, in rank order."""
+        return self.hvd.allgather_object(obj, name=name)
+
+    def elastic_run(self, func: Callable) -> Callable:
+        """The framework's ``hvd.elastic.run``: re-run ``func(state)`` after a world change."""
+        return self.hvd.elastic.run(func)
+
+    # --- random number generators -----------------------------------------------------------
+    @abc.abstractmethod
+    def seed(self, seed: int) -> None:
+        """Seed every RNG the framework's training uses."""
+
+    @abc.abstractmethod
+    def rng_state(self) -> dict:
+        """This rank's RNG states, as something the checkpoint file format can hold."""
+
+    @abc.abstractmethod
+    def set_rng_state(self, state: dict) -> None: ...
+
+    # --- model and optimizer state ----------------------------------------------------------
+    @abc.abstractmethod
+    def state(self) -> dict:
+        """Model and optimizer state to checkpoint (may share memory with the live model)."""
+
+    @abc.abstractmethod
+    def snapshot(self) -> dict:
+        """A copy of :meth:`state` that later training does not change (elastic commits)."""
+
+    @abc.abstractmethod
+    def load_state(self, state: dict, source: str) -> None:
+        """Load :meth:`state`'s output; raise CheckpointError naming ``source`` if it does not fit."""
+
+    @abc.abstractmethod
+    def signature(self) -> list[list]:
+        """``[name, shape]`` of every saved tensor: what a checkpoint must match."""
+
+    @abc.abstractmethod
+    def broadcast_state(self) -> None:
+        """Make every rank hold rank 0's model and optimizer state."""
+
+    @abc.abstractmethod
+    def write_checkpoint(self, f, record: dict) -> None:
+        """Write a checkpoint record (``CheckpointManager.save``'s dict) to the open file ``f``."""
+
+    @abc.abstractmethod
+    def read_checkpoint(self, path: str) -> dict:
+        """Read a record written by :meth:`write_checkpoint`; CheckpointError if it is not one."""
+
+    # --- training and evaluation -------------------------------------------------------------
+    @abc.abstractmethod
+    def train_batches(self, epoch: int, start: int) -> Iterable:
+        """This rank's batches of ``epoch``, skipping the first ``start`` samples of the
+        epoch's global order (they were trained before a resume or a world change)."""
+
+    @abc.abstractmethod
+    def set_lr(self, lr: float) -> None: ...
+
+    @abc.abstractmethod
+    def train_step(self, batch) -> Any:
+        """One optimizer step (Horovod averages the gradients); returns the batch's counters in
+        ``train_layout`` order as a device vector, to be summed with ``+``."""
+
+    @abc.abstractmethod
+    def zero_counters(self) -> Any:
+        """A device vector of zeros in ``train_layout``."""
+
+    @abc.abstractmethod
+    def read_counters(self, counters) -> np.ndarray:
+        """Device counters as float64 numpy (a host sync)."""
+
+    @abc.abstractmethod
+    def evaluate(self) -> MetricSums:
+        """This rank's validation counters over its shard (``val_layout``)."""
+
+    @abc.abstractmethod
+    def scalar_writer(self, log_dir: str):
+        """A TensorBoard writer with ``add_scalar(tag, value, step)``, ``flush()``, ``close()``."""
+
+    adasum_local_size: int = 1
+
+    # --- shared by every backend ---------------------------------------------------------------
+    def train_indices(self, seed: int, epoch: int, start: int) -> np.ndarray:
+        """This rank's training sample indices of ``epoch`` from global position ``start``,
+        cut to whole steps (see ``common.data.shard_indices``)."""
+        rt = self.runtime()
+        idx = shard_indices(self.n_train, rt.rank, rt.size, seed, epoch, start=start)
+        return idx[: len(idx) - len(idx) % self.samples_per_step]
+
+    def val_indices(self) -> np.ndarray:
+        """This rank's validation sample indices: every sample once over all ranks."""
+        rt = self.runtime()
+        return shard_indices(self.n_val, rt.rank, rt.size, 0, 0, shuffle=False, drop_tail=False)
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in a whole epoch on the current world."""
+        return (self.n_train // self.runtime().size) // self.samples_per_step
+
+    def steps_left(self, start: int) -> int:
+        """Whole steps left in an epoch once ``start`` samples of it are done."""
+        return ((self.n_train - start) // self.runtime().size) // self.samples_per_step

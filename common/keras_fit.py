@@ -1,0 +1,118 @@
+"""Keras fit owns ``model.fit`` for the core: one callback that drives the same Trainer as every loop.
+
+``model.fit`` keeps its own loop, so :class:`TrainerCallback` maps its events onto
+``common.trainer.Trainer``: the LR of every step from the one ``LRSchedule``, and at each epoch
+end ``Trainer.end_epoch`` (exact global metrics from each rank's sums, validation through the
+backend, the ``SavePolicy``'s checkpoint, rank 0's line, record and scalars), exactly as the
+custom loops do. Horovod 0.28.1's own Keras callbacks crash on TF 2.21 and are not used.
+
+Use with tf-keras (``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported) and Horovod's
+Keras ``DistributedOptimizer`` (:func:`distributed_optimizer`). ``model.fit`` resumes at epoch
+boundaries: a checkpoint written mid-epoch restarts its epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import horovod.tensorflow.keras as hvd_keras
+
+from common.config import TrainConfig
+from common.metrics import MetricSums, Throughput
+from common.tf_backend import TFBackend, compression, shard_dataset, tf
+from common.trainer import ElasticConfig, Trainer
+
+keras = tf.keras
+
+
+def distributed_optimizer(optimizer, cfg: TrainConfig):
+    """Wrap a tf-keras optimizer in Horovod's Keras DistributedOptimizer with the core's
+    gradient options; accumulated passes are averaged, as in the other recipes."""
+    g = cfg.gradients
+    return hvd_keras.DistributedOptimizer(
+        optimizer, compression=compression(cfg), backward_passes_per_step=g.batches_per_allreduce,
+        average_aggregated_gradients=True,
+        op=hvd_keras.Adasum if g.use_adasum else hvd_keras.Average,
+        gradient_predivide_factor=g.gradient_predivide_factor)
+
+
+class TrainerCallback(keras.callbacks.Callback):
+    """``model.fit``'s batches and epochs, driving a Trainer (one Keras batch is one pass).
+
+    ``on_step(epoch_end)`` runs after every optimizer step and epoch (elastic commits).
+    """
+
+    def __init__(self, trainer: Trainer, on_step: Callable[[bool], None] | None = None) -> None:
+        super().__init__()
+        self.trainer, self.on_step = trainer, on_step
+        self.passes = trainer.cfg.gradients.batches_per_allreduce
+        self.batches = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.clock, self.batches = Throughput(), 0
+        self.trainer.trained = True
+
+    def on_train_batch_begin(self, batch, logs=None):
+        t = self.trainer
+        t.backend.set_lr(t.schedule(t.step))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+        if self.batches % self.passes:
+            return
+        t = self.trainer
+        t.step += 1
+        max_steps = t.cfg.run.max_steps
+        if max_steps is not None and t.step >= max_steps:
+            self.model.stop_training = True
+        elif self.on_step:
+            self.on_step(False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        t, logs = self.trainer, logs or {}
+        seen = self.batches * t.cfg.run.batch_size
+        # Keras logs are this rank's means over its samples: back to sums, reduced exactly.
+        local = MetricSums(t.backend.train_layout,
+                           [logs.get("loss", float("nan")) * seen, seen,
+                            logs.get("accuracy", float("nan")) * seen])
+        complete = self.batches == t.n_steps * self.passes
+        t.end_epoch(local, self.clock.elapsed, seen, complete,
+                    stopping=bool(self.model.stop_training))
+        if self.on_step:
+            self.on_step(True)
+
+
+def _fit_epochs(trainer: Trainer, on_step=None) -> None:
+    """``model.fit`` from the trainer's epoch to the last, on the current world."""
+    t, b = trainer, trainer.backend
+    if t.epoch >= t.cfg.run.epochs:
+        return
+    batch = t.cfg.run.batch_size
+    ds = None
+    for epoch in range(t.epoch, t.cfg.run.epochs):
+        part = shard_dataset(b.images, b.train.labels, b.train_indices(t.cfg.run.seed, epoch, 0),
+                             batch)
+        ds = part if ds is None else ds.concatenate(part)
+    b.model.fit(ds, epochs=t.cfg.run.epochs, initial_epoch=t.epoch,
+                steps_per_epoch=t.n_steps * t.cfg.gradients.batches_per_allreduce,
+                callbacks=[TrainerCallback(t, on_step)], verbose=0)
+
+
+def fit(backend: TFBackend, cfg: TrainConfig, recipe: str,
+        recipe_args: dict[str, Any] | None = None, describe: str = "",
+        elastic: ElasticConfig | None = None) -> dict[str, Any]:
+    """``common.trainer.fit`` for a compiled tf-keras model: train with ``model.fit``."""
+    trainer = Trainer(backend, cfg, recipe, recipe_args, describe)
+    trainer.restore()
+    if trainer.start:
+        trainer.out.print(f"note: model.fit resumes at epoch boundaries: epoch "
+                          f"{trainer.epoch + 1} restarts")
+        trainer.step, trainer.start = trainer.epoch * trainer.n_steps, 0
+    if elastic is None:
+        _fit_epochs(trainer)
+    else:
+        from common.elastic import train_elastic
+
+        train_elastic(trainer, elastic.commit_steps, _fit_epochs)
+    return trainer.final()

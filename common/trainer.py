@@ -1,0 +1,211 @@
+"""Trainer owns the one training loop of every framework and recipe: epochs, steps, resume, stopping.
+
+A recipe builds its model, optimizer and data, wraps them in its framework's backend
+(``TorchBackend`` or ``TFBackend``, see ``common.backend``) and calls :func:`fit`. Around the
+single-process loop, everything a distributed run adds happens here once, for both frameworks:
+
+* the checkpoint manager restores the newest checkpoint on every rank (model, optimizer,
+  step, RNG streams, the partial epoch's metric counters);
+* each step sets the LR from the one ``LRSchedule`` and runs the backend's train step (gradient
+  accumulation, mixed precision, Horovod's allreduce); metric counters stay on the device;
+* the ``SavePolicy`` decides after each step and epoch whether to checkpoint;
+* each epoch reduces exact global metrics, validates on every rank's shard, and prints one line,
+  writes one JSON record and TensorBoard scalars from rank 0.
+
+Elastic mode (``fit(..., elastic=ElasticConfig(...))``) runs the same loop under Horovod's
+``elastic.run``: the loop's position (epoch, step, samples done in the epoch) and the model and
+optimizer are committed every ``--commit-steps`` steps and at each epoch end; after a world
+change the epoch's remaining samples are re-sharded over the new world and the LR target is
+rescaled. An epoch interrupted by a world change reports the metrics of its steps since then.
+
+Uneven data: training shards drop the permutation's tail so every rank takes the same number of
+steps (no ``hvd.join`` needed); validation keeps every sample and reduces sums once.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from common.backend import Backend
+from common.checkpoint import CheckpointManager, Resume
+from common.config import ConfigError, TrainConfig
+from common.failure import UserError
+from common.metrics import MetricSums, Throughput
+from common.output import Reporter
+from common.schedule import LRSchedule
+
+# How often a progress bar reads the running loss back from the device.
+_BAR_REFRESH_S = 0.5
+
+
+@dataclass(frozen=True)
+class ElasticConfig:
+    """Elastic mode: commit the loop's state every ``commit_steps`` steps (the rollback point)."""
+
+    commit_steps: int = 10
+
+    def validate(self) -> None:
+        if self.commit_steps < 1:
+            raise ConfigError("--commit-steps must be at least 1")
+
+    @staticmethod
+    def add_flags(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--commit-steps", type=int, default=ElasticConfig.commit_steps,
+                            help="commit the elastic state every N steps (rollback point on "
+                                 "failure)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ElasticConfig:
+        cfg = cls(args.commit_steps)
+        cfg.validate()
+        return cfg
+
+
+class Trainer:
+    """The loop's state (epoch, step, position in the epoch) and the components it calls."""
+
+    def __init__(self, backend: Backend, cfg: TrainConfig, recipe: str,
+                 recipe_args: dict[str, Any] | None = None, describe: str = "") -> None:
+        self.backend, self.cfg, self.recipe = backend, cfg, recipe
+        self.recipe_args, self.describe = recipe_args, describe
+        self.checkpoints = CheckpointManager(backend, cfg, recipe)
+        self.policy = self.checkpoints.policy
+        self.epoch = 0  # full epochs done
+        self.step = 0  # optimizer steps done, counted in the current world's steps
+        self.start = 0  # samples of the current epoch's global order already trained
+        self.epoch_sums: MetricSums | None = None  # this rank's counters of a resumed epoch
+        self.checkpoint: str | None = None  # the newest checkpoint written or resumed from
+        self.train_sums = MetricSums(backend.train_layout)
+        self.val_sums = MetricSums(backend.val_layout)
+        self.samples_per_sec = 0.0
+        self.trained = False
+        self.clock = Throughput()
+        self.enter_world()
+
+    def enter_world(self) -> None:
+        """(Re)build what depends on the world: rank, steps per epoch, LR target, reporter."""
+        b = self.backend
+        self.rt = b.runtime()
+        self.n_steps = b.steps_per_epoch()
+        if self.n_steps < 1:
+            raise UserError(f"{b.n_train} training samples are too few for {self.rt.size} "
+                            f"worker(s) x {b.samples_per_step} samples per step")
+        self.schedule = LRSchedule.from_config(self.cfg, self.rt.size, self.n_steps,
+                                               b.adasum_local_size)
+        self.checkpoints.steps_per_epoch = self.n_steps
+        self.out = Reporter(self.rt.is_root, self.cfg.output, b.scalar_writer)
+
+    def restore(self) -> None:
+        """Resume from the newest checkpoint (a collective) and report the run's start."""
+        resume: Resume = self.checkpoints.restore()
+        self.epoch, self.step, self.checkpoint = resume.epoch, resume.step, resume.checkpoint
+        self.start = (self.step - self.epoch * self.n_steps) * self.step_samples
+        if resume.epoch_sums is not None and self.start:
+            self.epoch_sums = MetricSums(self.backend.train_layout, resume.epoch_sums)
+        self.out.start(recipe=self.recipe, cfg=self.cfg, recipe_args=self.recipe_args,
+                       world_size=self.rt.size, notices=resume.notices + self.backend.notices,
+                       n_train=self.backend.n_train, n_val=self.backend.n_val,
+                       describe=self.describe, n_steps=self.n_steps,
+                       target_lr=self.schedule.target_lr, epoch=self.epoch, step=self.step,
+                       checkpoint=self.checkpoint)
+
+    @property
+    def step_samples(self) -> int:
+        """Samples one optimizer step takes over all ranks."""
+        return self.backend.samples_per_step * self.rt.size
+
+    def train(self, on_step=None) -> None:
+        """Train from the current position to the last epoch or ``--max-steps``.
+
+        ``on_step(epoch_end)`` runs after every step and epoch (elastic commits)."""
+        b, run = self.backend, self.cfg.run
+        while self.epoch < run.epochs:
+            self.trained = True
+            local = self.epoch_sums or MetricSums(b.train_layout)
+            self.epoch_sums = None
+            counters = b.zero_counters()
+            bar = self.out.bar(self.n_steps, f"epoch {self.epoch + 1}/{run.epochs}")
+            bar.update(self.n_steps - b.steps_left(self.start))
+            clock, seen, last_refresh = Throughput(), 0, 0.0
+            complete = stopping = False
+            for batch in b.train_batches(self.epoch, self.start):
+                lr = self.schedule(self.step)
+                b.set_lr(lr)
+                counters = counters + b.train_step(batch)
+                self.step, self.start = self.step + 1, self.start + self.step_samples
+                seen += b.samples_per_step
+                complete = b.steps_left(self.start) == 0
+                stopping = run.max_steps is not None and self.step >= run.max_steps
+                bar.update()
+                if self.out.progress and clock.elapsed - last_refresh > _BAR_REFRESH_S:
+                    last_refresh = clock.elapsed
+                    running = MetricSums(b.train_layout, b.read_counters(counters))
+                    bar.set_postfix(loss=f"{running.loss:.3f}", lr=f"{lr:.3g}",
+                                    samples_s=f"{clock.rate(seen * self.rt.size):,.0f}")
+                if complete or stopping:
+                    break
+                if self.policy.should_save(self.step, self.epoch, epoch_complete=False):
+                    partial = MetricSums(b.train_layout, local.values + b.read_counters(counters))
+                    self.checkpoint = self.checkpoints.save(self.epoch, self.step, partial)
+                if on_step:
+                    on_step(False)
+            bar.close()
+            local.add_counters(b.read_counters(counters))
+            self.end_epoch(local, clock.elapsed, seen, complete, stopping)
+            if on_step:
+                on_step(True)
+            if stopping:
+                break
+
+    def end_epoch(self, local: MetricSums, elapsed: float, seen: int, complete: bool,
+                  stopping: bool) -> None:
+        """Global metrics, validation, the policy's checkpoint and the epoch's report."""
+        b = self.backend
+        number = self.epoch + 1
+        seen_all = b.allreduce_sum(np.array([float(seen)]))[0]
+        self.samples_per_sec = seen_all / max(elapsed, 1e-9)
+        self.train_sums = local.global_sums(b.allreduce_sum)
+        self.val_sums = b.evaluate().global_sums(b.allreduce_sum)
+        if complete:
+            self.epoch, self.start = self.epoch + 1, 0
+        saved = None
+        if self.policy.should_save(self.step, self.epoch, complete, stopping):
+            saved = self.checkpoints.save(self.epoch, self.step, None if complete else local)
+            self.checkpoint = saved or self.checkpoint
+        self.out.epoch(epoch=number, epochs=self.cfg.run.epochs, step=self.step,
+                       lr=self.schedule(max(self.step - 1, 0)), train=self.train_sums,
+                       val=self.val_sums, samples_per_sec=self.samples_per_sec,
+                       world_size=self.rt.size, elapsed=elapsed, checkpoint=saved)
+
+    def final(self) -> dict[str, Any]:
+        """The final record; a run that had nothing left to train reports the restored model."""
+        if not self.trained and self.epoch >= self.cfg.run.epochs:
+            self.val_sums = self.backend.evaluate().global_sums(self.backend.allreduce_sum)
+            self.out.print(f"already trained to step {self.step} ({self.checkpoint}); "
+                           "nothing to do")
+        return self.out.final(recipe=self.recipe, epochs=self.cfg.run.epochs, step=self.step,
+                              train=self.train_sums, val=self.val_sums,
+                              samples_per_sec=self.samples_per_sec, world_size=self.rt.size,
+                              wall=self.clock.elapsed, checkpoint=self.checkpoint)
+
+
+def fit(backend: Backend, cfg: TrainConfig, recipe: str, recipe_args: dict[str, Any] | None = None,
+        describe: str = "", elastic: ElasticConfig | None = None) -> dict[str, Any]:
+    """Train to ``cfg.run.epochs`` (resuming if a checkpoint exists); return the final record.
+
+    Every rank must call this. ``elastic``: run under Horovod elastic (``horovodrun
+    --host-discovery-script ...``), surviving workers that leave or join.
+    """
+    trainer = Trainer(backend, cfg, recipe, recipe_args, describe)
+    trainer.restore()
+    if elastic is None:
+        trainer.train()
+    else:
+        from common.elastic import train_elastic
+
+        train_elastic(trainer, elastic.commit_steps)
+    return trainer.final()

@@ -1,0 +1,30 @@
+"""Shared owns what several recipes have in common: the MNIST hyper-parameters and the default run folders.
+
+The MNIST recipes (PyTorch, TF custom loop, Keras, both elastic ones) share one set of
+hyper-parameters, so every framework trains the same run for the same flags. Each recipe's
+default checkpoint folder and metrics file are under ``runs/``; the folder names predate the
+recipes' current names and are kept so that existing runs still resume by default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MNIST_DEFAULTS: dict[str, Any] = {"epochs": 12, "batch_size": 32, "base_lr": 0.05,
+                                  "warmup_epochs": 2, "lr_decay": "cosine"}
+
+RUN_FOLDERS = {
+    "pytorch/mnist": "runs/mnist",
+    "pytorch/elastic_mnist": "runs/elastic_mnist",
+    "pytorch/cifar10_resnet": "runs/cifar10",
+    "pytorch/imagenet_resnet50": "runs/imagenet",
+    "tensorflow/mnist": "runs/tf_mnist",
+    "tensorflow/keras_mnist": "runs/keras_mnist",
+    "tensorflow/elastic_keras_mnist": "runs/elastic_keras_mnist",
+}
+
+
+def run_dirs(recipe: str) -> dict[str, str]:
+    """A recipe's default checkpoint folder and metrics file."""
+    folder = RUN_FOLDERS[recipe]
+    return {"checkpoint_dir": f"{folder}/checkpoints", "metrics_file": f"{folder}/metrics.jsonl"}
