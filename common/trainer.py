@@ -131,7 +131,8 @@ class Trainer:
             bar = self.out.bar(self.n_steps, f"epoch {self.epoch + 1}/{run.epochs}")
             bar.update(self.n_steps - b.steps_left(self.start))
             clock, seen, last_refresh = Throughput(), 0, 0.0
-            complete = stopping = False
+            # A world that shrank may leave less than a step of the epoch: it is complete.
+            complete, stopping = b.steps_left(self.start) == 0, False
             for batch in b.train_batches(self.epoch, self.start):
                 lr = self.schedule(self.step)
                 b.set_lr(lr)

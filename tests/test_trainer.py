@@ -179,3 +179,10 @@ def test_other_recipe_or_model_is_a_one_line_error(tmp_path):
     with pytest.raises(UserError, match=r"different model or optimizer \(first differences: "
                                              r"\['v', \[3\]\]; \['v', \[4\]\]\)"):
         CheckpointManager(NumpyBackend(cfg, dim=4), cfg, "test/linear").restore()
+
+
+def test_renamed_recipe_resumes_its_older_checkpoints(tmp_path):
+    cfg = config(tmp_path, epochs=1)
+    fit(NumpyBackend(cfg), cfg, "pytorch/imagenet")  # the ImageNet recipe's name before
+    resume = CheckpointManager(NumpyBackend(cfg), cfg, "pytorch/imagenet_resnet50", 5).restore()
+    assert (resume.epoch, resume.step) == (1, 5)
