@@ -1,4 +1,4 @@
-"""Output owns what a run shows and records: rank-0 printing, the progress bar and the JSON Lines summary.
+"""Output owns what a run shows and records: rank-0 printing, progress bar, JSON Lines records, TensorBoard.
 
 Only rank 0 prints or writes; other ranks get a Reporter whose methods do nothing, so recipes
 call it unconditionally. The metrics file (``--metrics-file``) holds one JSON object per line:

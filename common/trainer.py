@@ -97,6 +97,8 @@ class Trainer:
         self.schedule = LRSchedule.from_config(self.cfg, self.rt.size, self.n_steps,
                                                b.adasum_local_size)
         self.checkpoints.steps_per_epoch = self.n_steps
+        if getattr(self, "out", None) is not None:
+            self.out.close()  # rank 0 may be another process now
         self.out = Reporter(self.rt.is_root, self.cfg.output, b.scalar_writer)
 
     def restore(self) -> None:

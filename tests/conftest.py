@@ -131,4 +131,6 @@ def run_elastic_and_kill_one(script: Path, tmp_path: Path, epochs: int = 30):
     sizes = [r["world_size"] for r in epochs_seen]
     assert sizes[0] == 3 and sizes[-1] == 2, sizes
     assert epochs_seen[-1]["epoch"] == epochs
+    # The elastic recipes report through the same loop as every other: full epoch records.
+    assert all(r["lr"] > 0 and r["samples_per_sec"] > 0 for r in epochs_seen)
     return records, output
