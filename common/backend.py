@@ -6,7 +6,8 @@ model, an optimizer and a data set: ``common.torch_backend.TorchBackend`` and
 ``common.tf_backend.TFBackend``. A new framework is a new subclass; nothing else changes.
 
 Counters (``train_step``'s result) stay on the framework's device and are only read (a host
-sync) when :meth:`read_counters` is called: once per epoch, or when a progress bar refreshes.
+sync) when :meth:`read_counters` is called: once per epoch, at a mid-epoch checkpoint, or when a
+progress bar refreshes (at most twice a second).
 """
 
 from __future__ import annotations

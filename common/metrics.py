@@ -49,14 +49,6 @@ class MetricSums:
         if self.values.shape != (self.layout.size,):
             raise ValueError(f"{self.values.shape[0]} counters do not fit {self.layout}")
 
-    @classmethod
-    def of_means(cls, loss: float | None, accuracy: float | None) -> MetricSums:
-        """Sums that hold already-global means (count 1), as Keras logs give them."""
-        if loss is None:
-            return cls()
-        return cls(values=[float(loss), 1.0,
-                           float(accuracy) if accuracy is not None else float("nan")])
-
     def add(self, mean_loss: float, correct, count: int) -> None:
         """Add a batch: its mean loss, its correct count (one per top-k, or a number), its size."""
         correct = [correct] if isinstance(correct, int | float) else list(correct)
