@@ -22,12 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from common.failure import UserError, agree
+from common.metrics import MetricSums
 
 if TYPE_CHECKING:
     from common.backend import Backend
     from common.config import TrainConfig
-    from common.metrics import MetricSums
 
 _NAME = re.compile(r"^ckpt-e(\d{5})-s(\d{9})\.(\w+)$")
 
@@ -211,6 +213,18 @@ class CheckpointManager:
                                   f"differences: {'; '.join(diff)}); use another --checkpoint-dir")
         return record
 
+    # Settings that may differ between a run and its resumption without changing what is trained.
+    _NOT_SETTINGS = {"checkpoint_dir", "metrics_file", "log_dir", "progress", "epochs",
+                     "max_steps", "data_workers", "threads_per_worker", "keep_checkpoints",
+                     "checkpoint_epochs", "checkpoint_steps"}
+
+    def changed_settings(self, saved: dict | None) -> str:
+        """``name old -> new`` for each training setting this run changes ('' if none)."""
+        if not saved:
+            return ""
+        return ", ".join(f"{k} {saved[k]!r} -> {v!r}" for k, v in self.config.items()
+                         if k in saved and k not in self._NOT_SETTINGS and saved[k] != v)
+
     def restore(self) -> Resume:
         """Resume from the newest valid checkpoint (rank 0 reads, all ranks receive)."""
         rt = self.backend.runtime()
@@ -223,6 +237,10 @@ class CheckpointManager:
                     self.backend.load_state(record["state"], ref.path)
                     if skipped:
                         notices.append(f"skipped unreadable checkpoints: {', '.join(skipped)}")
+                    changed = self.changed_settings(record.get("config"))
+                    if changed:
+                        notices.append(f"resuming with settings that differ from the saved "
+                                       f"run's: {changed}")
             except CheckpointError as e:
                 error = str(e)
         agree(not error, error, self.backend.broadcast_object)
@@ -252,16 +270,23 @@ class CheckpointManager:
             self.backend.seed(self.seed + 1_000_003 * meta["epoch"] + rt.rank)
         return resume
 
-    def save(self, epoch: int, step: int, epoch_sums: MetricSums | None = None) -> str | None:
+    def save(self, epoch: int, step: int, epoch_sums: MetricSums | None = None,
+             check: Callable[[MetricSums], None] | None = None) -> str | None:
         """Write a checkpoint after ``epoch`` full epochs and ``step`` steps from rank 0 (a
         collective); returns its path. ``epoch_sums``: this rank's counters of the epoch in
-        progress, so that a run resumed mid-epoch reports the epoch as an uninterrupted one."""
-        if self.store is None:
+        progress, so that a run resumed mid-epoch reports the epoch as an uninterrupted one.
+        ``check(global sums)`` runs on every rank before anything is written (the divergence
+        guard: it raises on every rank alike, since every rank gathers the same sums)."""
+        if self.store is None and check is None:
             return None
         rt = self.backend.runtime()
         rngs = self.backend.allgather_object(self.backend.rng_state(), name="rng_states")
         sums = None if epoch_sums is None else epoch_sums.to_array().tolist()
         all_sums = self.backend.allgather_object(sums, name="epoch_sums")
+        if check is not None and sums is not None:
+            check(MetricSums(epoch_sums.layout, np.sum(all_sums, axis=0)))
+        if self.store is None:
+            return None
         path, error = None, ""
         if rt.is_root:
             record = {"recipe": self.recipe, "signature": self.backend.signature(),

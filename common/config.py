@@ -52,9 +52,13 @@ class RunConfig:
     amp: bool = False
     threads_per_worker: int | None = None
     mpi_groups: int = 1
+    divergence_factor: float = 1000.0
 
     def validate(self) -> None:
         _at_least_one(self, "epochs", "batch_size", "mpi_groups")
+        if not self.divergence_factor >= 0 or 0 < self.divergence_factor <= 1:
+            raise ConfigError("--divergence-factor must be 0 (off) or greater than 1, "
+                              f"got {self.divergence_factor}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"--max-steps must be at least 1, got {self.max_steps}")
         if self.threads_per_worker is not None and self.threads_per_worker < 1:
@@ -269,6 +273,9 @@ def core_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
                    help="directory with the recipe's dataset files (default: offline data)")
     g.add_argument("--data-workers", type=int, default=base["data_workers"],
                    help="DataLoader worker processes per rank (0: load in the training process)")
+    g.add_argument("--divergence-factor", type=float, default=base["divergence_factor"],
+                   help="stop when the loss exceeds this many times the run's first step's "
+                        "loss (0: off); a NaN or infinite loss always stops")
     g.add_argument("--amp", action="store_true", default=base["amp"],
                    help="automatic mixed precision on CUDA (bf16, or fp16 with a grad scaler); "
                         "ignored with a notice on CPU")

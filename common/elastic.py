@@ -17,7 +17,17 @@ from horovod.common.elastic import State
 if TYPE_CHECKING:
     from common.trainer import Trainer
 
-_POSITION = ("epoch", "step", "start", "checkpoint")
+_POSITION = ("epoch", "step", "start", "checkpoint", "checked_step")
+
+
+def _position(t: Trainer) -> dict:
+    return {**{k: getattr(t, k) for k in _POSITION}, "loss_reference": t.guard.reference}
+
+
+def _set_position(t: Trainer, position: dict) -> None:
+    for k in _POSITION:
+        setattr(t, k, position[k])
+    t.guard.reference = position["loss_reference"]
 
 
 class LoopState(State):
@@ -33,13 +43,12 @@ class LoopState(State):
     def save(self) -> None:
         t = self.trainer
         self._model = t.backend.snapshot()
-        self._position = {k: getattr(t, k) for k in _POSITION}
+        self._position = _position(t)
 
     def restore(self) -> None:
         """Back to the last commit (after a worker failed mid-way)."""
         self.trainer.backend.load_state(self._model, "the last elastic commit")
-        for k, v in self._position.items():
-            setattr(self.trainer, k, v)
+        _set_position(self.trainer, self._position)
 
     def reset(self) -> None:
         """Horovod has re-formed the world: rebuild what depends on it. The interrupted
@@ -51,10 +60,7 @@ class LoopState(State):
         """Rank 0's model, optimizer and position on every rank."""
         t = self.trainer
         t.backend.broadcast_state()
-        position = t.backend.broadcast_object({k: getattr(t, k) for k in _POSITION},
-                                              name="elastic_position")
-        for k, v in position.items():
-            setattr(t, k, v)
+        _set_position(t, t.backend.broadcast_object(_position(t), name="elastic_position"))
         self._rescale()
 
     def _rescale(self) -> None:

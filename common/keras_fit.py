@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import horovod.tensorflow.keras as hvd_keras
+import numpy as np
 
 from common.config import TrainConfig
 from common.metrics import MetricSums, Throughput
@@ -59,9 +60,12 @@ class TrainerCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.batches += 1
+        t = self.trainer
+        if t.guard.reference is None and logs and "loss" in logs:  # once per run, on every rank
+            t.guard.reference = float(t.backend.allreduce_sum(np.array([logs["loss"]]))[0]
+                                      / t.rt.size)
         if self.batches % self.passes:
             return
-        t = self.trainer
         t.step += 1
         max_steps = t.cfg.run.max_steps
         if max_steps is not None and t.step >= max_steps:

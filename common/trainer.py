@@ -33,7 +33,8 @@ import numpy as np
 from common.backend import Backend
 from common.checkpoint import CheckpointManager, Resume
 from common.config import ConfigError, TrainConfig
-from common.failure import UserError
+from common.divergence import DivergenceGuard
+from common.failure import AgreedError, UserError
 from common.metrics import MetricSums, Throughput
 from common.output import Reporter
 from common.schedule import LRSchedule
@@ -83,6 +84,8 @@ class Trainer:
         self.val_sums = MetricSums(backend.val_layout)
         self.samples_per_sec = 0.0
         self.trained = False
+        self.checked_step = 0  # the last step whose loss the guard found sound
+        self.guard = DivergenceGuard(cfg.run.divergence_factor)
         self.clock = Throughput()
         self.enter_world()
 
@@ -105,6 +108,7 @@ class Trainer:
         """Resume from the newest checkpoint (a collective) and report the run's start."""
         resume: Resume = self.checkpoints.restore()
         self.epoch, self.step, self.checkpoint = resume.epoch, resume.step, resume.checkpoint
+        self.checked_step = self.step
         self.start = (self.step - self.epoch * self.n_steps) * self.step_samples
         if resume.epoch_sums is not None and self.start:
             self.epoch_sums = MetricSums(self.backend.train_layout, resume.epoch_sums)
@@ -138,7 +142,11 @@ class Trainer:
             for batch in b.train_batches(self.epoch, self.start):
                 lr = self.schedule(self.step)
                 b.set_lr(lr)
-                counters = counters + b.train_step(batch)
+                batch_counters = b.train_step(batch)
+                counters = counters + batch_counters
+                if self.guard.reference is None:  # once per run: a collective on every rank
+                    first = MetricSums(b.train_layout, b.read_counters(batch_counters))
+                    self.guard.reference = first.global_sums(b.allreduce_sum).loss
                 self.step, self.start = self.step + 1, self.start + self.step_samples
                 seen += b.samples_per_step
                 complete = b.steps_left(self.start) == 0
@@ -153,7 +161,9 @@ class Trainer:
                     break
                 if self.policy.should_save(self.step, self.epoch, epoch_complete=False):
                     partial = MetricSums(b.train_layout, local.values + b.read_counters(counters))
-                    self.checkpoint = self.checkpoints.save(self.epoch, self.step, partial)
+                    self.checkpoint = self.checkpoints.save(self.epoch, self.step, partial,
+                                                            check=self.check_divergence)
+                    self.checked_step = self.step
                 if on_step:
                     on_step(False)
             bar.close()
@@ -172,6 +182,8 @@ class Trainer:
         seen_all = b.allreduce_sum(np.array([float(seen)]))[0]
         self.samples_per_sec = seen_all / max(elapsed, 1e-9)
         self.train_sums = local.global_sums(b.allreduce_sum)
+        self.check_divergence(self.train_sums)  # the same global sums on every rank
+        self.checked_step = self.step
         self.val_sums = b.evaluate().global_sums(b.allreduce_sum)
         if complete:
             self.epoch, self.start = self.epoch + 1, 0
@@ -183,6 +195,22 @@ class Trainer:
                        lr=self.schedule(max(self.step - 1, 0)), train=self.train_sums,
                        val=self.val_sums, samples_per_sec=self.samples_per_sec,
                        world_size=self.rt.size, elapsed=elapsed, checkpoint=saved)
+
+    def check_divergence(self, sums: MetricSums) -> None:
+        """Stop every rank together if the guard finds these global sums diverged.
+
+        Called on every rank with the same global values; nothing of the diverged steps is
+        saved and every checkpoint already written stays."""
+        reason = self.guard.reason(sums.loss)
+        if reason is None:
+            return
+        b = self.backend
+        raise AgreedError(
+            f"training diverged: {reason} between step {self.checked_step + 1} and step "
+            f"{self.step} (epoch {self.epoch + 1}); nothing of it was saved; last good "
+            f"checkpoint: {self.checkpoint or 'none yet'}. Lower --base-lr or raise "
+            f"--warmup-epochs, then run again (it resumes from that checkpoint)",
+            lambda: b.broadcast_object(None, name="diverged"))
 
     def final(self) -> dict[str, Any]:
         """The final record; a run that had nothing left to train reports the restored model."""

@@ -33,6 +33,7 @@ def test_flags_parse():
     (["--use-adasum", "--gradient-predivide-factor", "2"], "only with averaging"),
     (["--data-dir", "/does/not/exist"], "is not a directory"),
     (["--bogus"], "unrecognized arguments"),
+    (["--divergence-factor", "0.5"], "--divergence-factor must be 0 .off. or greater than 1"),
 ])
 def test_bad_values_are_one_line_errors(argv, message):
     with pytest.raises(ConfigError, match=message) as e:

@@ -169,3 +169,24 @@ def test_resume_on_another_world_size_continues_from_last_full_epoch(tmp_path):
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2, 3, 3]
     final = final_record(out / "metrics.jsonl")
     assert final["world_size"] == 1 and final["step"] == 3 * 44  # 1,438 samples / 32 per step
+
+
+@pytest.mark.parametrize("recipe", ["pytorch/mnist.py", "tensorflow/mnist.py",
+                                    "tensorflow/keras_mnist.py"])
+def test_divergence_stops_every_rank_and_keeps_good_checkpoints(tmp_path, recipe):
+    script = MNIST.parents[1] / recipe
+    out = tmp_path / "run"
+    flags = [script, "--checkpoint-dir", out / "ckpt", "--metrics-file", out / "m.jsonl",
+             "--checkpoint-steps", "5", "--batch-size", "64"]
+    horovodrun(2, [*flags, "--epochs", "1"], cwd=tmp_path)
+    good = {p.name: p.read_bytes() for p in (out / "ckpt").glob("ckpt-*")}
+    assert good
+    proc = horovodrun(2, [*flags, "--epochs", "3", "--base-lr", "1e4"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "resuming with settings that differ from the saved run's: base_lr 0.05 -> 10000.0" \
+        in proc.stdout
+    errors = [line for line in proc.stderr.splitlines()
+              if "error: training diverged: the loss " in line]
+    assert len(errors) == 2, proc.stderr[-3000:]  # one line from each rank
+    assert {p.name: p.read_bytes() for p in (out / "ckpt").glob("ckpt-*")} == good
+    assert "Traceback" not in proc.stdout and "<stderr>:Traceback" not in proc.stderr

@@ -13,6 +13,9 @@ import pickle
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning",
+                                        "ignore:invalid value:RuntimeWarning")
+
 from common.backend import Backend
 from common.checkpoint import CheckpointManager
 from common.config import TrainConfig
@@ -186,3 +189,28 @@ def test_renamed_recipe_resumes_its_older_checkpoints(tmp_path):
     fit(NumpyBackend(cfg), cfg, "pytorch/imagenet")  # the ImageNet recipe's name before
     resume = CheckpointManager(NumpyBackend(cfg), cfg, "pytorch/imagenet_resnet50", 5).restore()
     assert (resume.epoch, resume.step) == (1, 5)
+
+
+def test_divergence_stops_before_any_checkpoint_and_keeps_the_good_ones(tmp_path, capsys):
+    cfg = config(tmp_path, epochs=2, checkpoint_steps=2)
+    fit(NumpyBackend(cfg), cfg, "test/linear")
+    good = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").glob("ckpt-*")}
+    assert len(good) == 3
+    wild = config(tmp_path, epochs=4, checkpoint_steps=2, base_lr=1e200)
+    with pytest.raises(UserError, match=r"training diverged: the loss is not finite \(NaN or inf\) "
+                                        r"between step 11 and step 12 "):
+        fit(NumpyBackend(wild), wild, "test/linear")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").glob("ckpt-*")} == good
+    assert "resuming with settings that differ from the saved run's: base_lr 0.05 -> 1e+200" \
+        in capsys.readouterr().out
+
+
+def test_a_loss_that_explodes_but_stays_finite_is_divergence_too(tmp_path):
+    cfg = config(tmp_path, epochs=1)
+    fit(NumpyBackend(cfg), cfg, "test/linear")
+    wild = config(tmp_path, epochs=3, base_lr=1e4)  # finite, ever larger losses (seen above)
+    with pytest.raises(UserError, match=r"training diverged: the loss \S+ is more than 1000 "
+                                        r"times the run's first \("):
+        fit(NumpyBackend(wild), wild, "test/linear")
+    lenient = config(tmp_path, epochs=3, base_lr=1e4, divergence_factor=0)
+    fit(NumpyBackend(lenient), lenient, "test/linear")  # the rule is off: trains to the end
