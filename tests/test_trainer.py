@@ -13,9 +13,6 @@ import pickle
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning",
-                                        "ignore:invalid value:RuntimeWarning")
-
 from common.backend import Backend
 from common.checkpoint import CheckpointManager
 from common.config import TrainConfig
@@ -23,6 +20,9 @@ from common.failure import UserError
 from common.metrics import MetricSums
 from common.runtime import Runtime
 from common.trainer import fit
+
+pytestmark = pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning",
+                                        "ignore:invalid value:RuntimeWarning")
 
 
 class NumpyBackend(Backend):
