@@ -15,9 +15,13 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import re
+import socket
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,22 +36,43 @@ if TYPE_CHECKING:
     from common.config import TrainConfig
 
 _NAME = re.compile(r"^ckpt-e(\d{5})-s(\d{9})\.(\w+)$")
+LOCK_NAME = ".lock"
+CORRUPT_SUFFIX = ".corrupt"
 
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be used (wrong model, unreadable, unwritable)."""
 
 
+def _why(e: Exception, path: str) -> str:
+    """Why a write failed, in words: a full disk first (serialisers hide ENOSPC)."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+        if st.f_bavail * st.f_frsize < 1 << 20:
+            return os.strerror(errno.ENOSPC)
+    except OSError:
+        pass
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+TMP_PREFIX = ".tmp-"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write a file atomically: ``write(f)`` fills a temp file that is fsynced and renamed."""
+    """Write a file atomically: ``write(f)`` fills a temp file that is fsynced and renamed.
+
+    The file gets the permissions of an ordinary new file under the user's umask."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -78,6 +103,40 @@ class CheckpointStore:
         self.directory = directory
         self.keep = keep
         self.suffix = suffix
+        self._lock_file = None
+
+    def lock(self) -> list[str]:
+        """Become the directory's one writer (rank 0, for the whole run); returns notices.
+
+        A second job on the same directory gets a CheckpointError naming the holder. Holding
+        the lock, temporary files left by a writer that was killed are removed."""
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            f = open(os.path.join(self.directory, LOCK_NAME), "a+")  # noqa: SIM115 - held open
+        except OSError as e:
+            raise CheckpointError(f"cannot use --checkpoint-dir {self.directory!r}: "
+                                  f"{e.strerror or e}") from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise CheckpointError(f"--checkpoint-dir {self.directory!r} is in use by another "
+                                  f"job ({holder}); stop it, or use another directory") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        self._lock_file = f
+        leftovers = [n for n in os.listdir(self.directory) if n.startswith(TMP_PREFIX)]
+        for name in leftovers:
+            os.unlink(os.path.join(self.directory, name))
+        if leftovers:
+            return [f"removed {len(leftovers)} temporary file(s) left by an interrupted write "
+                    f"in {self.directory!r}"]
+        return []
 
     def path_for(self, epoch: int, step: int) -> str:
         return os.path.join(self.directory, f"ckpt-e{epoch:05d}-s{step:09d}.{self.suffix}")
@@ -100,7 +159,11 @@ class CheckpointStore:
         try:
             atomic_write(path, write)
         except OSError as e:
-            raise CheckpointError(f"cannot write checkpoint {path!r}: {e.strerror or e}") from e
+            raise CheckpointError(f"cannot write checkpoint {path!r}: {e.strerror or e}; the "
+                                  "checkpoints already there are kept") from e
+        except Exception as e:  # noqa: BLE001 - a serialiser's own error for a failed write
+            raise CheckpointError(f"cannot write checkpoint {path!r}: {_why(e, path)}; the "
+                                  "checkpoints already there are kept") from e
         for old in self.list()[: -self.keep]:
             os.unlink(old.path)
         return path
@@ -123,7 +186,10 @@ class CheckpointStore:
             except CheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001 - a torn or corrupt file: try the one before
-                skipped.append(f"{os.path.basename(ref.path)} ({type(e).__name__})")
+                skipped.append(f"{os.path.basename(ref.path)} ({type(e).__name__}, moved "
+                               f"to {os.path.basename(ref.path)}{CORRUPT_SUFFIX})")
+                # Aside, it no longer counts toward keep-K nor is read again at every restart.
+                os.replace(ref.path, ref.path + CORRUPT_SUFFIX)
         if skipped:
             raise CheckpointError(
                 f"no readable checkpoint in {self.directory!r}; unreadable: {', '.join(skipped)}"
@@ -231,6 +297,7 @@ class CheckpointManager:
         found, error, notices = None, "", []
         if rt.is_root and self.store is not None:
             try:
+                notices += self.store.lock()
                 found = self.store.newest_valid(self._load)
                 if found:
                     ref, record, skipped = found

@@ -92,9 +92,11 @@ class Reporter:
 
     def start(self, *, recipe: str, cfg, recipe_args: dict[str, Any] | None, world_size: int,
               notices: list[str], n_train: int, n_val: int, describe: str, n_steps: int,
-              target_lr: float, epoch: int, step: int, checkpoint: str | None) -> None:
+              target_lr: float, epoch: int, step: int, checkpoint: str | None) -> str:
         """The start of a run: notices, the resolved config (printed once and saved as
-        config.yaml beside the checkpoints), the run's shape, and where it resumed from."""
+        config.yaml beside the checkpoints), the run's shape, and where it resumed from.
+
+        Returns rank 0's error writing config.yaml ('' if none), for the caller to agree on."""
         from common.config import one_line, resolved, save_resolved
 
         for notice in notices:
@@ -102,13 +104,18 @@ class Reporter:
         config = resolved(recipe, cfg, recipe_args or {}, world_size)
         self.print(f"config: {one_line(config)}")
         if self.is_root and cfg.checkpoint.checkpoint_dir:
-            save_resolved(os.path.join(cfg.checkpoint.checkpoint_dir, "config.yaml"), config)
+            path = os.path.join(cfg.checkpoint.checkpoint_dir, "config.yaml")
+            try:
+                save_resolved(path, config)
+            except OSError as e:
+                return f"cannot write {path!r}: {e.strerror or e}"
         self.print(f"{recipe}: {n_train} train / {n_val} val samples{describe}, "
                    f"{world_size} worker(s) x batch {cfg.run.batch_size} x "
                    f"{cfg.gradients.batches_per_allreduce} pass(es), {n_steps} steps/epoch, "
                    f"LR {cfg.schedule.base_lr:g} -> {target_lr:g}")
         if step:
             self.print(f"resumed from {checkpoint} (epoch {epoch}, step {step})")
+        return ""
 
     def epoch(self, *, epoch: int, epochs: int, step: int, lr: float, train: MetricSums,
               val: MetricSums, samples_per_sec: float, world_size: int, elapsed: float,
@@ -144,13 +151,28 @@ class Reporter:
                    f"{wall:.1f}s; checkpoint: {checkpoint}; metrics: {self.metrics_file}")
         return rec
 
+    def resumed(self, epoch: int) -> None:
+        """A run resumed after ``epoch`` full epochs: forget the epoch records after it (an
+        interrupted epoch's, or epochs whose checkpoint was never written), so that the file
+        holds each epoch once."""
+        self._records = [r for r in self._records
+                         if r.get("type") != "epoch" or r.get("epoch", 0) <= epoch]
+
     def record(self, kind: str, **fields: Any) -> None:
-        """Append one record of type ``kind`` to the metrics file."""
+        """Append one record of type ``kind`` to the metrics file.
+
+        A write that fails (a full disk, say) does not stop training: rank 0 says so once and
+        stops writing the file; checkpoints carry on."""
         if not (self.is_root and self.metrics_file):
             return
         self._records.append(_clean({"type": kind, **fields}))
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self._records)
-        atomic_write(self.metrics_file, lambda f: f.write(text), mode="w")
+        try:
+            atomic_write(self.metrics_file, lambda f: f.write(text), mode="w")
+        except OSError as e:
+            self.print(f"warning: cannot write --metrics-file {self.metrics_file!r} "
+                       f"({e.strerror or e}); training goes on without it")
+            self.metrics_file = None
 
 
 def read_metrics(path: str) -> list[dict]:

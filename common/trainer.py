@@ -34,7 +34,7 @@ from common.backend import Backend
 from common.checkpoint import CheckpointManager, Resume
 from common.config import ConfigError, TrainConfig
 from common.divergence import DivergenceGuard
-from common.failure import AgreedError, UserError
+from common.failure import AgreedError, UserError, agree
 from common.metrics import MetricSums, Throughput
 from common.output import Reporter
 from common.schedule import LRSchedule
@@ -112,12 +112,16 @@ class Trainer:
         self.start = (self.step - self.epoch * self.n_steps) * self.step_samples
         if resume.epoch_sums is not None and self.start:
             self.epoch_sums = MetricSums(self.backend.train_layout, resume.epoch_sums)
-        self.out.start(recipe=self.recipe, cfg=self.cfg, recipe_args=self.recipe_args,
-                       world_size=self.rt.size, notices=resume.notices + self.backend.notices,
-                       n_train=self.backend.n_train, n_val=self.backend.n_val,
-                       describe=self.describe, n_steps=self.n_steps,
-                       target_lr=self.schedule.target_lr, epoch=self.epoch, step=self.step,
-                       checkpoint=self.checkpoint)
+        if self.checkpoint:
+            self.out.resumed(self.epoch)
+        error = self.out.start(recipe=self.recipe, cfg=self.cfg, recipe_args=self.recipe_args,
+                               world_size=self.rt.size,
+                               notices=resume.notices + self.backend.notices,
+                               n_train=self.backend.n_train, n_val=self.backend.n_val,
+                               describe=self.describe, n_steps=self.n_steps,
+                               target_lr=self.schedule.target_lr, epoch=self.epoch,
+                               step=self.step, checkpoint=self.checkpoint)
+        agree(not error, error, self.backend.broadcast_object)
 
     @property
     def step_samples(self) -> int:

@@ -51,8 +51,8 @@ def test_order_is_by_step_not_name(tmp_path):
     assert (ref.step, obj, skipped) == (1000, 2, [])
 
 
-def test_newest_valid_skips_torn_file(tmp_path):
-    store = CheckpointStore(str(tmp_path), keep=5)
+def test_newest_valid_skips_torn_file_and_moves_it_aside(tmp_path):
+    store = CheckpointStore(str(tmp_path), keep=2)
     store.save(1, 10, write_obj({"epoch": 1}))
     torn = store.path_for(2, 20)
     with open(torn, "wb") as f:
@@ -60,6 +60,10 @@ def test_newest_valid_skips_torn_file(tmp_path):
     ref, obj, skipped = store.newest_valid(load_obj)
     assert obj == {"epoch": 1} and ref.epoch == 1
     assert len(skipped) == 1 and skipped[0].startswith(os.path.basename(torn))
+    assert os.path.exists(torn + ".corrupt") and not os.path.exists(torn)
+    # Aside, it no longer counts toward keep-K: the good checkpoint survives two more saves.
+    store.save(2, 20, write_obj({"epoch": 2}))
+    assert [r.step for r in store.list()] == [10, 20]
 
 
 def test_wrong_model_error_stops_search(tmp_path):
@@ -105,3 +109,47 @@ def test_save_policy_epochs_steps_end_and_stop():
     assert steps_only.should_save(8, 1, epoch_complete=True)
     assert not steps_only.should_save(10, 1, epoch_complete=True)
     assert steps_only.should_save(30, 3, epoch_complete=True)  # the end of training
+
+
+def test_one_writer_per_directory_and_leftovers_removed(tmp_path):
+    (tmp_path / ".tmp-abc123").write_bytes(b"half a checkpoint")
+    first = CheckpointStore(str(tmp_path))
+    notices = first.lock()
+    assert notices == [f"removed 1 temporary file(s) left by an interrupted write in "
+                       f"{str(tmp_path)!r}"]
+    assert not (tmp_path / ".tmp-abc123").exists()
+    with pytest.raises(CheckpointError, match=rf"is in use by another job \(pid {os.getpid()} on "):
+        CheckpointStore(str(tmp_path)).lock()
+    first._lock_file.close()  # the holder ends: the directory is free again
+    assert CheckpointStore(str(tmp_path)).lock() == []
+
+
+def test_unwritable_directory_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(CheckpointError, match="cannot use --checkpoint-dir"):
+        CheckpointStore(str(blocker / "ckpt")).lock()
+
+
+def test_files_get_the_umask_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "x.bin"
+        atomic_write(str(path), lambda f: f.write(b"x"))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_serialiser_error_on_write_is_a_checkpoint_error_and_keeps_the_rest(tmp_path):
+    store = CheckpointStore(str(tmp_path), keep=2)
+    store.save(1, 10, write_obj(1))
+
+    def broken(f):
+        f.write(b"part")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64")
+
+    with pytest.raises(CheckpointError, match="cannot write checkpoint .*RuntimeError.*kept"):
+        store.save(2, 20, broken)
+    assert [r.step for r in store.list()] == [10]
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(store.path_for(1, 10))]

@@ -126,7 +126,8 @@ def test_wrong_checkpoint_fails_on_every_rank_and_is_kept(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if "error:" in line and "different model"
               in line]
     assert len(errors) == 2, proc.stderr  # one line from each rank
-    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
+    after = {p.name: p.read_bytes() for p in other.iterdir() if p.name != ".lock"}
+    assert after == before  # nothing changed but the directory's lock file
     assert "<stderr>:Traceback" not in proc.stderr  # a user error, not a crash (the launcher's own
     # traceback for the failed job is horovodrun's, not the workers')
 
@@ -166,7 +167,8 @@ def test_resume_on_another_world_size_continues_from_last_full_epoch(tmp_path):
     _, proc = run_mnist(1, tmp_path, "run", "--epochs", "3")
     assert "continuing from the start of epoch 3" in proc.stdout
     records = read_records(out / "metrics.jsonl")
-    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2, 3, 3]
+    # The interrupted epoch 3's record is replaced by the resumed run's: each epoch once.
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2, 3]
     final = final_record(out / "metrics.jsonl")
     assert final["world_size"] == 1 and final["step"] == 3 * 44  # 1,438 samples / 32 per step
 

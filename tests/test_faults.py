@@ -1,0 +1,76 @@
+"""Fault injection on real multi-process jobs: a second job on a checkpoint directory, a full disk.
+
+Each test injects one fault into a real launch and asserts that the job ended (no hang: every
+launch is bounded by conftest's guard), its exit status, the line the user sees on every rank,
+and that no checkpoint was lost or leaked.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+from conftest import BIN, HANG_GUARD_S, MNIST, horovodrun, job_env, load_checkpoint
+
+pytestmark = pytest.mark.multiprocess
+
+
+def worker_errors(proc) -> list[str]:
+    return [line.split("<stderr>:", 1)[1] for line in proc.stderr.splitlines()
+            if "<stderr>:error:" in line]
+
+
+def test_a_second_job_on_the_same_checkpoint_directory_stops_at_start(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    first = subprocess.Popen([str(BIN / "python"), str(MNIST), "--epochs", "1000",
+                              "--checkpoint-dir", str(ckpt), "--metrics-file",
+                              str(tmp_path / "first.jsonl"), "--no-progress"],
+                             cwd=tmp_path, env=job_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not ((ckpt / ".lock").exists() and (ckpt / ".lock").read_text()):
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        second = horovodrun(2, [MNIST, "--checkpoint-dir", ckpt, "--metrics-file",
+                                tmp_path / "second.jsonl"], cwd=tmp_path, check=False)
+        assert first.poll() is None  # the first job was not disturbed
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode != 0
+    errors = worker_errors(second)
+    assert len(errors) == 2, second.stderr[-3000:]  # every rank says it
+    assert all(f"is in use by another job (pid {first.pid} on " in e for e in errors), errors
+    assert not (tmp_path / "second.jsonl").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs: room for two MNIST checkpoints (1.3 MB each), not three."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_full_disk_is_a_one_line_error_and_keeps_every_checkpoint(tmp_path, small_disk):
+    ckpt = small_disk / "ckpt"
+    proc = horovodrun(2, [MNIST, "--checkpoint-dir", ckpt, "--checkpoint-steps", "5",
+                          "--metrics-file", tmp_path / "m.jsonl"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    errors = worker_errors(proc)
+    assert len(errors) == 2, proc.stderr[-3000:]
+    assert all("No space left on device; the checkpoints already there are kept" in e
+               for e in errors), errors
+    assert "<stderr>:Traceback" not in proc.stderr
+    saved = sorted(p.name for p in ckpt.iterdir())
+    assert saved == [".lock", "ckpt-e00000-s000000005.pt", "ckpt-e00000-s000000010.pt",
+                     "config.yaml"]  # no temporary file leaked
+    for name in saved[1:3]:
+        assert load_checkpoint(ckpt / name)["step"] in (5, 10)  # whole, loadable
