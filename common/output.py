@@ -3,7 +3,8 @@
 Only rank 0 prints or writes; other ranks get a Reporter whose methods do nothing, so recipes
 call it unconditionally. The metrics file (``--metrics-file``) holds one JSON object per line:
 a ``"type": "epoch"`` record after each epoch and a ``"type": "final"`` record at the end. A
-resumed run appends to the records already there. Every write rewrites the file atomically.
+resumed run appends to the records already there, each epoch once (:meth:`Reporter.resumed`).
+Every write rewrites the file atomically; a write that fails warns once and stops the file.
 """
 
 from __future__ import annotations
