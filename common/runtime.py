@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.failure import UserError
+from common.failure import AgreedError, UserError
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,18 @@ def init_horovod(hvd, comm=None, mpi_groups: int = 1, device: str = "cpu") -> Ru
         else:
             hvd.init()
     return Runtime.current(hvd, device)
+
+
+def require_adasum_support(hvd, on_gpu: bool) -> None:
+    """Stop every rank with one line when this launch cannot run Adasum (a collective check).
+
+    Horovod runs Adasum over MPI, or over NCCL on GPUs; under Gloo it has none and would fail
+    at the first allreduce with a traceback."""
+    if hvd.mpi_enabled() or (on_gpu and hvd.nccl_built()):
+        return
+    raise AgreedError("--use-adasum needs an MPI launch (mpirun, or horovodrun without --gloo): "
+                      "this Horovod runs Adasum over MPI, or over NCCL on GPUs, not over Gloo",
+                      lambda: hvd.broadcast_object(None, root_rank=0, name="adasum_check"))
 
 
 def seed_host_rngs(seed: int) -> None:

@@ -35,7 +35,13 @@ from common.backend import Backend  # noqa: E402
 from common.checkpoint import CheckpointError  # noqa: E402
 from common.config import TrainConfig  # noqa: E402
 from common.metrics import CounterLayout, MetricSums  # noqa: E402
-from common.runtime import Runtime, init_horovod, seed_host_rngs, threads_per_worker  # noqa: E402
+from common.runtime import (  # noqa: E402
+    Runtime,
+    init_horovod,
+    require_adasum_support,
+    seed_host_rngs,
+    threads_per_worker,
+)
 
 CHECKPOINT_FORMAT = "horovod-recipes/tf/1"
 
@@ -56,6 +62,8 @@ def init(cfg: TrainConfig, comm=None) -> Runtime:
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:  # already initialised (a second init in one process)
         pass
+    if cfg.gradients.use_adasum:
+        require_adasum_support(hvd, on_gpu=device != "cpu")
     seed_everything(cfg.run.seed)
     return dataclasses.replace(rt, device=device)
 

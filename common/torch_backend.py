@@ -22,7 +22,13 @@ from common.backend import Backend
 from common.checkpoint import CheckpointError
 from common.config import TrainConfig
 from common.metrics import CounterLayout, MetricSums
-from common.runtime import Runtime, init_horovod, seed_host_rngs, threads_per_worker
+from common.runtime import (
+    Runtime,
+    init_horovod,
+    require_adasum_support,
+    seed_host_rngs,
+    threads_per_worker,
+)
 from common.torch_data import sharded_loader
 
 CHECKPOINT_FORMAT = "horovod-recipes/torch/1"
@@ -44,6 +50,8 @@ def init(cfg: TrainConfig, comm=None) -> Runtime:
         index = rt.local_rank % torch.cuda.device_count()
         torch.cuda.set_device(index)
         device = f"cuda:{index}"
+    if cfg.gradients.use_adasum:
+        require_adasum_support(hvd, on_gpu=device != "cpu")
     seed_everything(cfg.run.seed)
     return dataclasses.replace(rt, device=device)
 

@@ -1,4 +1,4 @@
-"""Fault injection on real multi-process jobs: a second job on a checkpoint directory, a full disk.
+"""Fault injection on real multi-process jobs: a second job on a directory, a full disk, bad launches.
 
 Each test injects one fault into a real launch and asserts that the job ended (no hang: every
 launch is bounded by conftest's guard), its exit status, the line the user sees on every rank,
@@ -74,3 +74,14 @@ def test_a_full_disk_is_a_one_line_error_and_keeps_every_checkpoint(tmp_path, sm
                      "config.yaml"]  # no temporary file leaked
     for name in saved[1:3]:
         assert load_checkpoint(ckpt / name)["step"] in (5, 10)  # whole, loadable
+
+
+def test_adasum_under_gloo_is_a_one_line_error_before_training(tmp_path):
+    proc = horovodrun(2, [MNIST, "--use-adasum", "--checkpoint-dir", tmp_path / "ckpt",
+                          "--metrics-file", tmp_path / "m.jsonl"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    errors = worker_errors(proc)
+    assert errors == ["error: --use-adasum needs an MPI launch (mpirun, or horovodrun without "
+                      "--gloo): this Horovod runs Adasum over MPI, or over NCCL on GPUs, not "
+                      "over Gloo"] * 2, proc.stderr[-3000:]
+    assert not (tmp_path / "m.jsonl").exists()  # nothing trained
