@@ -53,12 +53,21 @@ class RunConfig:
     threads_per_worker: int | None = None
     mpi_groups: int = 1
     divergence_factor: float = 1000.0
+    stop_signals: tuple[str, ...] = ("TERM", "INT", "USR1")
 
     def validate(self) -> None:
         _at_least_one(self, "epochs", "batch_size", "mpi_groups")
         if not self.divergence_factor >= 0 or 0 < self.divergence_factor <= 1:
             raise ConfigError("--divergence-factor must be 0 (off) or greater than 1, "
                               f"got {self.divergence_factor}")
+        from common.preemption import signal_number
+
+        for name in self.stop_signals:
+            try:
+                signal_number(name)
+            except (KeyError, ValueError):
+                raise ConfigError(f"--stop-signals: {name!r} is not a signal (e.g. TERM, INT, "
+                                  "USR1)") from None
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"--max-steps must be at least 1, got {self.max_steps}")
         if self.threads_per_worker is not None and self.threads_per_worker < 1:
@@ -184,7 +193,7 @@ class TrainConfig:
         for name, value in values.items():
             if name not in _HOME:
                 raise TypeError(f"no core flag named {name!r}")
-            if name == "decay_epochs":
+            if name in ("decay_epochs", "stop_signals"):
                 value = tuple(value or ())
             parts[_HOME[name]][name] = value
         return cls(**{part: _COMPONENTS[part](**v) for part, v in parts.items()})
@@ -219,6 +228,7 @@ class TrainConfig:
         """Every flag's value by name, flat (as flags and YAML keys spell them)."""
         d = {k: v for part in _COMPONENTS for k, v in dataclasses.asdict(getattr(self, part)).items()}
         d["decay_epochs"] = list(self.schedule.decay_epochs)
+        d["stop_signals"] = list(self.run.stop_signals)
         return d
 
 
@@ -276,6 +286,9 @@ def core_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     g.add_argument("--divergence-factor", type=float, default=base["divergence_factor"],
                    help="stop when the loss exceeds this many times the run's first step's "
                         "loss (0: off); a NaN or infinite loss always stops")
+    g.add_argument("--stop-signals", nargs="*", default=base["stop_signals"], metavar="SIG",
+                   help="signals that stop training cleanly: every rank stops at the next step, "
+                        "a checkpoint of that step is written, exit status 75 (none: off)")
     g.add_argument("--amp", action="store_true", default=base["amp"],
                    help="automatic mixed precision on CUDA (bf16, or fp16 with a grad scaler); "
                         "ignored with a notice on CPU")

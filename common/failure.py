@@ -52,8 +52,12 @@ def _rank() -> str:
 
 def run_main(main: Callable[[], object]) -> None:
     """Run a recipe's main; on any error print one line (and a traceback for bugs) and exit."""
+    from common.preemption import Preempted
+
     try:
         main()
+    except Preempted as e:  # agreed by every rank, rank 0 has said so: a clean, distinct exit
+        _exit(e.exit_code)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         if isinstance(e, AgreedError):

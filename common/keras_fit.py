@@ -67,19 +67,24 @@ class TrainerCallback(keras.callbacks.Callback):
         if self.batches % self.passes:
             return
         t.step += 1
+        t.stop_if_signalled(lambda: self.epoch_sums(logs))
         max_steps = t.cfg.run.max_steps
         if max_steps is not None and t.step >= max_steps:
             self.model.stop_training = True
         elif self.on_step:
             self.on_step(False)
 
+    def epoch_sums(self, logs) -> MetricSums:
+        """This rank's sums of the epoch so far: Keras logs are its means over its samples."""
+        logs, seen = logs or {}, self.batches * self.trainer.cfg.run.batch_size
+        return MetricSums(self.trainer.backend.train_layout,
+                          [logs.get("loss", float("nan")) * seen, seen,
+                           logs.get("accuracy", float("nan")) * seen])
+
     def on_epoch_end(self, epoch, logs=None):
-        t, logs = self.trainer, logs or {}
+        t = self.trainer
         seen = self.batches * t.cfg.run.batch_size
-        # Keras logs are this rank's means over its samples: back to sums, reduced exactly.
-        local = MetricSums(t.backend.train_layout,
-                           [logs.get("loss", float("nan")) * seen, seen,
-                            logs.get("accuracy", float("nan")) * seen])
+        local = self.epoch_sums(logs)  # reduced exactly by end_epoch
         complete = self.batches == t.n_steps * self.passes
         t.end_epoch(local, self.clock.elapsed, seen, complete,
                     stopping=bool(self.model.stop_training))
@@ -113,10 +118,11 @@ def fit(backend: TFBackend, cfg: TrainConfig, recipe: str,
         trainer.out.print(f"note: model.fit resumes at epoch boundaries: epoch "
                           f"{trainer.epoch + 1} restarts")
         trainer.step, trainer.start = trainer.epoch * trainer.n_steps, 0
-    if elastic is None:
-        _fit_epochs(trainer)
-    else:
-        from common.elastic import train_elastic
+    with trainer.signals:
+        if elastic is None:
+            _fit_epochs(trainer)
+        else:
+            from common.elastic import train_elastic
 
-        train_elastic(trainer, elastic.commit_steps, _fit_epochs)
+            train_elastic(trainer, elastic.commit_steps, _fit_epochs)
     return trainer.final()

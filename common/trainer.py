@@ -25,6 +25,7 @@ steps (no ``hvd.join`` needed); validation keeps every sample and reduces sums o
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ from common.divergence import DivergenceGuard
 from common.failure import AgreedError, UserError, agree
 from common.metrics import MetricSums, Throughput
 from common.output import Reporter
+from common.preemption import Preempted, SignalWatch
 from common.schedule import LRSchedule
 
 # How often a progress bar reads the running loss back from the device.
@@ -86,6 +88,7 @@ class Trainer:
         self.trained = False
         self.checked_step = 0  # the last step whose loss the guard found sound
         self.guard = DivergenceGuard(cfg.run.divergence_factor)
+        self.signals = SignalWatch(cfg.run.stop_signals)
         self.clock = Throughput()
         self.enter_world()
 
@@ -141,9 +144,10 @@ class Trainer:
             bar = self.out.bar(self.n_steps, f"epoch {self.epoch + 1}/{run.epochs}")
             bar.update(self.n_steps - b.steps_left(self.start))
             clock, seen, last_refresh = Throughput(), 0, 0.0
-            # A world that shrank may leave less than a step of the epoch: it is complete.
+            # A world that shrank, or a stop at an epoch's last step, may leave no step of the
+            # epoch: it is complete.
             complete, stopping = b.steps_left(self.start) == 0, False
-            for batch in b.train_batches(self.epoch, self.start):
+            for batch in () if complete else b.train_batches(self.epoch, self.start):
                 lr = self.schedule(self.step)
                 b.set_lr(lr)
                 batch_counters = b.train_step(batch)
@@ -161,6 +165,8 @@ class Trainer:
                     running = MetricSums(b.train_layout, b.read_counters(counters))
                     bar.set_postfix(loss=f"{running.loss:.3f}", lr=f"{lr:.3g}",
                                     samples_s=f"{clock.rate(seen * self.rt.size):,.0f}")
+                self.stop_if_signalled(lambda local=local, counters=counters: MetricSums(
+                    b.train_layout, local.values + b.read_counters(counters)))
                 if complete or stopping:
                     break
                 if self.policy.should_save(self.step, self.epoch, epoch_complete=False):
@@ -200,6 +206,24 @@ class Trainer:
                        val=self.val_sums, samples_per_sec=self.samples_per_sec,
                        world_size=self.rt.size, elapsed=elapsed, checkpoint=saved)
 
+    def stop_if_signalled(self, partial: Callable[[], MetricSums]) -> None:
+        """A collective after every step: if any rank got a stop signal, every rank saves this
+        step (``partial()``: this rank's sums of the epoch so far) and raises Preempted."""
+        if not self.signals.signals:
+            return
+        why = self.signals.agreed(self.backend.allreduce_sum, self.rt.rank)
+        if why is None:
+            return
+        saved = self.checkpoints.save(self.epoch, self.step, partial(),
+                                      check=self.check_divergence)
+        self.checkpoint = saved or self.checkpoint
+        where = (f"checkpoint: {saved}; run the same command to resume" if saved
+                 else "no --checkpoint-dir, nothing saved")
+        self.out.print(f"stopped by {why} after step {self.step} (epoch {self.epoch + 1}); "
+                       f"{where}")
+        self.out.close()
+        raise Preempted(why)
+
     def check_divergence(self, sums: MetricSums) -> None:
         """Stop every rank together if the guard finds these global sums diverged.
 
@@ -237,10 +261,11 @@ def fit(backend: Backend, cfg: TrainConfig, recipe: str, recipe_args: dict[str, 
     """
     trainer = Trainer(backend, cfg, recipe, recipe_args, describe)
     trainer.restore()
-    if elastic is None:
-        trainer.train()
-    else:
-        from common.elastic import train_elastic
+    with trainer.signals:
+        if elastic is None:
+            trainer.train()
+        else:
+            from common.elastic import train_elastic
 
-        train_elastic(trainer, elastic.commit_steps)
+            train_elastic(trainer, elastic.commit_steps)
     return trainer.final()

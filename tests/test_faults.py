@@ -8,11 +8,23 @@ and that no checkpoint was lost or leaked.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
-from conftest import BIN, HANG_GUARD_S, MNIST, horovodrun, job_env, load_checkpoint
+from conftest import (
+    BIN,
+    HANG_GUARD_S,
+    MNIST,
+    final_record,
+    horovodrun,
+    job_env,
+    load_checkpoint,
+    max_abs_diff,
+    read_records,
+)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -85,3 +97,61 @@ def test_adasum_under_gloo_is_a_one_line_error_before_training(tmp_path):
                       "--gloo): this Horovod runs Adasum over MPI, or over NCCL on GPUs, not "
                       "over Gloo"] * 2, proc.stderr[-3000:]
     assert not (tmp_path / "m.jsonl").exists()  # nothing trained
+
+
+def _rank_pid(script: Path, rank: int) -> int | None:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(script).encode() in cmd and f"HOROVOD_RANK={rank}".encode() in env \
+                and cmd.split(b"\0")[0].endswith(b"python"):
+            return int(pid)
+    return None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1],
+                         ids=["TERM", "INT", "USR1"])
+def test_a_signal_on_one_worker_stops_all_at_one_step_and_resumes_exactly(tmp_path, sig):
+    flags = ["--epochs", "10", "--batch-size", "8", "--no-progress"]
+    run = tmp_path / "run"
+    cmd = [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", "--disable-cache",
+           str(BIN / "python"), str(MNIST), *flags, "--checkpoint-dir", str(run / "ckpt"),
+           "--metrics-file", str(run / "m.jsonl")]
+    job = subprocess.Popen(cmd, cwd=tmp_path, env=job_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not ((run / "m.jsonl").exists() and read_records(run / "m.jsonl")):
+            assert job.poll() is None, job.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        victim = _rank_pid(MNIST, 1)
+        assert victim
+        os.kill(victim, sig)
+        out, err = job.communicate(timeout=HANG_GUARD_S)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode != 0
+    # Both ranks agreed and exit 75 (the launcher reports the first; it may end the other).
+    assert "exit with status code 75" in err or "Exit code: 75" in err, err[-3000:]
+    assert "Traceback" not in out and "<stderr>:Traceback" not in err
+    [line] = [x for x in out.splitlines() if "stopped by" in x]
+    assert f"stopped by {sig.name} on rank 1 after step " in line and "run the same command" in line
+    step = int(line.split("after step ")[1].split()[0])
+    assert load_checkpoint(sorted((run / "ckpt").glob("ckpt-*.pt"))[-1])["step"] == step
+    assert not list((run / "ckpt").glob(".tmp-*"))
+    horovodrun(2, [MNIST, *flags, "--checkpoint-dir", run / "ckpt", "--metrics-file",
+                   run / "m.jsonl"], cwd=tmp_path)  # the same command resumes
+    whole = tmp_path / "whole"
+    horovodrun(2, [MNIST, *flags, "--checkpoint-dir", whole / "ckpt", "--metrics-file",
+                   whole / "m.jsonl"], cwd=tmp_path)
+    a = load_checkpoint(final_record(run / "m.jsonl")["checkpoint"])
+    b = load_checkpoint(final_record(whole / "m.jsonl")["checkpoint"])
+    assert a["step"] == b["step"] == 10 * 89
+    assert max_abs_diff(a["model"], b["model"]) == 0.0  # bit-identical
+    epochs = [r["epoch"] for r in read_records(run / "m.jsonl") if r["type"] == "epoch"]
+    assert epochs == list(range(1, 11))
