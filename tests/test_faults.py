@@ -112,14 +112,13 @@ def _rank_pid(script: Path, rank: int) -> int | None:
     return None
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1],
-                         ids=["TERM", "INT", "USR1"])
-def test_a_signal_on_one_worker_stops_all_at_one_step_and_resumes_exactly(tmp_path, sig):
-    flags = ["--epochs", "10", "--batch-size", "8", "--no-progress"]
-    run = tmp_path / "run"
+def signal_rank1_after_epoch_1(script: Path, flags: list, run: Path, tmp_path: Path, sig) -> int:
+    """Launch ``script`` on 2 Gloo workers; once epoch 1 is recorded send ``sig`` to rank 1.
+    The job must stop every rank after one step with exit 75 and a checkpoint of that step;
+    returns the step."""
     cmd = [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", "--disable-cache",
-           str(BIN / "python"), str(MNIST), *flags, "--checkpoint-dir", str(run / "ckpt"),
-           "--metrics-file", str(run / "m.jsonl")]
+           str(BIN / "python"), str(script), *map(str, flags), "--checkpoint-dir",
+           str(run / "ckpt"), "--metrics-file", str(run / "m.jsonl")]
     job = subprocess.Popen(cmd, cwd=tmp_path, env=job_env(), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -128,7 +127,7 @@ def test_a_signal_on_one_worker_stops_all_at_one_step_and_resumes_exactly(tmp_pa
             assert job.poll() is None, job.communicate()
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        victim = _rank_pid(MNIST, 1)
+        victim = _rank_pid(script, 1)
         assert victim
         os.kill(victim, sig)
         out, err = job.communicate(timeout=HANG_GUARD_S)
@@ -142,8 +141,18 @@ def test_a_signal_on_one_worker_stops_all_at_one_step_and_resumes_exactly(tmp_pa
     [line] = [x for x in out.splitlines() if "stopped by" in x]
     assert f"stopped by {sig.name} on rank 1 after step " in line and "run the same command" in line
     step = int(line.split("after step ")[1].split()[0])
-    assert load_checkpoint(sorted((run / "ckpt").glob("ckpt-*.pt"))[-1])["step"] == step
+    newest = max((run / "ckpt").glob("ckpt-*"), key=lambda p: int(p.stem.split("-s")[1]))
+    assert int(newest.stem.split("-s")[1]) == step
     assert not list((run / "ckpt").glob(".tmp-*"))
+    return step
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1],
+                         ids=["TERM", "INT", "USR1"])
+def test_a_signal_on_one_worker_stops_all_at_one_step_and_resumes_exactly(tmp_path, sig):
+    flags = ["--epochs", "10", "--batch-size", "8", "--no-progress"]
+    run = tmp_path / "run"
+    signal_rank1_after_epoch_1(MNIST, flags, run, tmp_path, sig)
     horovodrun(2, [MNIST, *flags, "--checkpoint-dir", run / "ckpt", "--metrics-file",
                    run / "m.jsonl"], cwd=tmp_path)  # the same command resumes
     whole = tmp_path / "whole"
@@ -155,3 +164,17 @@ def test_a_signal_on_one_worker_stops_all_at_one_step_and_resumes_exactly(tmp_pa
     assert max_abs_diff(a["model"], b["model"]) == 0.0  # bit-identical
     epochs = [r["epoch"] for r in read_records(run / "m.jsonl") if r["type"] == "epoch"]
     assert epochs == list(range(1, 11))
+
+
+@pytest.mark.parametrize("recipe", ["mnist.py", "keras_mnist.py"])
+def test_tensorflow_recipes_stop_on_a_signal_and_resume(tmp_path, recipe):
+    script = MNIST.parents[1] / "tensorflow" / recipe
+    flags = ["--epochs", "6", "--batch-size", "8", "--no-progress"]
+    run = tmp_path / "run"
+    step = signal_rank1_after_epoch_1(script, flags, run, tmp_path, signal.SIGTERM)
+    proc = horovodrun(2, [script, *flags, "--checkpoint-dir", run / "ckpt", "--metrics-file",
+                          run / "m.jsonl"], cwd=tmp_path)
+    assert f"(epoch 1, step {step})" in proc.stdout
+    assert final_record(run / "m.jsonl")["step"] == 6 * 89
+    epochs = [r["epoch"] for r in read_records(run / "m.jsonl") if r["type"] == "epoch"]
+    assert epochs == list(range(1, 7))
