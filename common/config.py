@@ -54,9 +54,12 @@ class RunConfig:
     mpi_groups: int = 1
     divergence_factor: float = 1000.0
     stop_signals: tuple[str, ...] = ("TERM", "INT", "USR1")
+    stall_timeout: float = 300.0
 
     def validate(self) -> None:
         _at_least_one(self, "epochs", "batch_size", "mpi_groups")
+        if not self.stall_timeout >= 0:
+            raise ConfigError(f"--stall-timeout must be >= 0 seconds (0: off), got {self.stall_timeout}")
         if not self.divergence_factor >= 0 or 0 < self.divergence_factor <= 1:
             raise ConfigError("--divergence-factor must be 0 (off) or greater than 1, "
                               f"got {self.divergence_factor}")
@@ -289,6 +292,9 @@ def core_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     g.add_argument("--stop-signals", nargs="*", default=base["stop_signals"], metavar="SIG",
                    help="signals that stop training cleanly: every rank stops at the next step, "
                         "a checkpoint of that step is written, exit status 75 (none: off)")
+    g.add_argument("--stall-timeout", type=float, default=base["stall_timeout"], metavar="S",
+                   help="end the whole job, naming the rank, when any rank makes no progress "
+                        "for S seconds (a stopped or frozen worker; exit status 124; 0: off)")
     g.add_argument("--amp", action="store_true", default=base["amp"],
                    help="automatic mixed precision on CUDA (bf16, or fp16 with a grad scaler); "
                         "ignored with a notice on CPU")

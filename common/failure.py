@@ -43,6 +43,15 @@ def agree(ok: bool, message: str, broadcast_object: Callable, root_rank: int = 0
         raise AgreedError(message, lambda: broadcast_object(None, root_rank=root_rank))
 
 
+def say(line: str) -> None:
+    """Print one line to stderr in one write: launchers that tag each chunk of output with its
+    rank (``mpirun --tag-output``, as horovodrun runs it) then never split it, as they do with
+    ``print``'s separate writes of text and newline when Python runs unbuffered."""
+    sys.stdout.flush()
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _rank() -> str:
     for var in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
         if var in os.environ:
@@ -59,7 +68,7 @@ def run_main(main: Callable[[], object]) -> None:
     except Preempted as e:  # agreed by every rank, rank 0 has said so: a clean, distinct exit
         _exit(e.exit_code)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        say(f"error: {e}")
         if isinstance(e, AgreedError):
             try:
                 e.sync()
@@ -67,7 +76,7 @@ def run_main(main: Callable[[], object]) -> None:
                 pass
         _exit(2)
     except KeyboardInterrupt:
-        print(f"rank {_rank()}: interrupted", file=sys.stderr, flush=True)
+        say(f"rank {_rank()}: interrupted")
         _exit(130)
     except SystemExit as e:
         if e.code not in (0, None):
@@ -75,7 +84,7 @@ def run_main(main: Callable[[], object]) -> None:
         raise
     except BaseException as e:  # noqa: BLE001 - a bug on one rank must end the whole job
         traceback.print_exc()
-        print(f"error on rank {_rank()}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        say(f"error on rank {_rank()}: {type(e).__name__}: {e}")
         _exit(1)
 
 

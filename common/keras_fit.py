@@ -23,6 +23,7 @@ from common.config import TrainConfig
 from common.metrics import MetricSums, Throughput
 from common.tf_backend import TFBackend, compression, shard_dataset, tf
 from common.trainer import ElasticConfig, Trainer
+from common.watchdog import beat
 
 keras = tf.keras
 
@@ -67,6 +68,7 @@ class TrainerCallback(keras.callbacks.Callback):
         if self.batches % self.passes:
             return
         t.step += 1
+        beat(t.step)
         t.stop_if_signalled(lambda: self.epoch_sums(logs))
         max_steps = t.cfg.run.max_steps
         if max_steps is not None and t.step >= max_steps:
@@ -113,16 +115,16 @@ def fit(backend: TFBackend, cfg: TrainConfig, recipe: str,
         elastic: ElasticConfig | None = None) -> dict[str, Any]:
     """``common.trainer.fit`` for a compiled tf-keras model: train with ``model.fit``."""
     trainer = Trainer(backend, cfg, recipe, recipe_args, describe)
-    trainer.restore()
-    if trainer.start:
-        trainer.out.print(f"note: model.fit resumes at epoch boundaries: epoch "
-                          f"{trainer.epoch + 1} restarts")
-        trainer.step, trainer.start = trainer.epoch * trainer.n_steps, 0
-    with trainer.signals:
+    with trainer.running(elastic is not None):
+        trainer.restore()
+        if trainer.start:
+            trainer.out.print(f"note: model.fit resumes at epoch boundaries: epoch "
+                              f"{trainer.epoch + 1} restarts")
+            trainer.step, trainer.start = trainer.epoch * trainer.n_steps, 0
         if elastic is None:
             _fit_epochs(trainer)
         else:
             from common.elastic import train_elastic
 
             train_elastic(trainer, elastic.commit_steps, _fit_epochs)
-    return trainer.final()
+        return trainer.final()

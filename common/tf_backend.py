@@ -42,6 +42,7 @@ from common.runtime import (  # noqa: E402
     seed_host_rngs,
     threads_per_worker,
 )
+from common.watchdog import beat  # noqa: E402
 
 CHECKPOINT_FORMAT = "horovod-recipes/tf/1"
 
@@ -299,6 +300,7 @@ class TFBackend(Backend):
         ds = tf.data.Dataset.from_tensor_slices((self.val_images[idx], self.val.labels[idx]))
         for x, y in ds.batch(self.val_batch_size):
             total += self._eval_step(x, y).numpy()
+            beat()
         return MetricSums(self.val_layout, total)
 
     def scalar_writer(self, log_dir: str):

@@ -30,6 +30,7 @@ from common.runtime import (
     threads_per_worker,
 )
 from common.torch_data import sharded_loader
+from common.watchdog import beat
 
 CHECKPOINT_FORMAT = "horovod-recipes/torch/1"
 
@@ -275,6 +276,7 @@ class TorchBackend(Backend):
                 out = self.model(x)
                 loss = self.loss_fn(out, y)
             total += counters(out, y, loss, self.val_layout)
+            beat()
         return MetricSums(self.val_layout, total.cpu().numpy())
 
     def scalar_writer(self, log_dir: str):

@@ -25,7 +25,8 @@ steps (no ``hvd.join`` needed); validation keeps every sample and reduces sums o
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ from common.metrics import MetricSums, Throughput
 from common.output import Reporter
 from common.preemption import Preempted, SignalWatch
 from common.schedule import LRSchedule
+from common.watchdog import StallWatchdog, beat
 
 # How often a progress bar reads the running loss back from the device.
 _BAR_REFRESH_S = 0.5
@@ -107,6 +109,22 @@ class Trainer:
             self.out.close()  # rank 0 may be another process now
         self.out = Reporter(self.rt.is_root, self.cfg.output, b.scalar_writer)
 
+    @contextlib.contextmanager
+    def running(self, elastic: bool = False) -> Iterator[None]:
+        """Around everything that follows construction: stop signals become requests, and the
+        stall watchdog (a collective to start; not in elastic mode, where Horovod itself drops a
+        worker that stops answering) watches every rank's progress."""
+        watchdog = None
+        if self.cfg.run.stall_timeout and not elastic:
+            watchdog = StallWatchdog(self.cfg.run.stall_timeout, self.rt.rank, self.rt.size)
+            watchdog.start(self.backend.allgather_object)
+        try:
+            with self.signals:
+                yield
+        finally:
+            if watchdog is not None:
+                watchdog.close()
+
     def restore(self) -> None:
         """Resume from the newest checkpoint (a collective) and report the run's start."""
         resume: Resume = self.checkpoints.restore()
@@ -156,6 +174,7 @@ class Trainer:
                     first = MetricSums(b.train_layout, b.read_counters(batch_counters))
                     self.guard.reference = first.global_sums(b.allreduce_sum).loss
                 self.step, self.start = self.step + 1, self.start + self.step_samples
+                beat(self.step)
                 seen += b.samples_per_step
                 complete = b.steps_left(self.start) == 0
                 stopping = run.max_steps is not None and self.step >= run.max_steps
@@ -260,12 +279,12 @@ def fit(backend: Backend, cfg: TrainConfig, recipe: str, recipe_args: dict[str, 
     --host-discovery-script ...``), surviving workers that leave or join.
     """
     trainer = Trainer(backend, cfg, recipe, recipe_args, describe)
-    trainer.restore()
-    with trainer.signals:
+    with trainer.running(elastic is not None):
+        trainer.restore()
         if elastic is None:
             trainer.train()
         else:
             from common.elastic import train_elastic
 
             train_elastic(trainer, elastic.commit_steps)
-    return trainer.final()
+        return trainer.final()
