@@ -11,12 +11,16 @@
   newest readable one. A file is written to a temporary name in the same directory, fsynced,
   renamed over its final name and the directory fsynced, so a crash leaves either the old set of
   checkpoints or the new one, never a torn file under a checkpoint's name.
+* Each file carries a SHA-256 of its content (:func:`with_checksum`), verified on load
+  (:func:`verified`): a file whose bytes changed silently is moved aside and skipped like a
+  torn one, never loaded.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import socket
@@ -53,6 +57,62 @@ def _why(e: Exception, path: str) -> str:
     except OSError:
         pass
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+CHECKSUM_KEY = "checksum"
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file whose content does not match the checksum written into it."""
+
+
+def content_digest(value: Any) -> str:
+    """SHA-256 of a checkpoint's content: nested dicts (keys sorted), lists and tuples (alike),
+    arrays and tensors (dtype, shape and bytes), and other values by ``repr``."""
+    h = hashlib.sha256()
+
+    def text(v: Any) -> None:  # length-prefixed, so [1, 2] and [12] differ
+        r = repr(v).encode()
+        h.update(b"%d:" % len(r) + r)
+
+    def feed(v: Any) -> None:
+        if isinstance(v, dict):
+            h.update(b"{")
+            for k in sorted(v, key=str):
+                text(k)
+                feed(v[k])
+            h.update(b"}")
+        elif isinstance(v, list | tuple):
+            h.update(b"[")
+            for x in v:
+                feed(x)
+            h.update(b"]")
+        elif isinstance(v, np.ndarray) or hasattr(v, "detach"):
+            if hasattr(v, "detach"):  # a torch tensor (bfloat16 has no numpy twin: widen it)
+                v = v.detach().cpu()
+                v = (v.float() if str(v.dtype) == "torch.bfloat16" else v).numpy()
+            h.update(f"<{v.dtype.str}{v.shape}>".encode())
+            h.update(np.ascontiguousarray(v).tobytes())
+        else:
+            text(v)
+
+    feed(value)
+    return "sha256:" + h.hexdigest()
+
+
+def with_checksum(payload: dict) -> dict:
+    """``payload`` plus the checksum of its content, to be written as one file."""
+    return {**payload, CHECKSUM_KEY: content_digest(payload)}
+
+
+def verified(payload: dict) -> dict:
+    """``payload`` as read back, without its checksum; CorruptCheckpoint if they disagree.
+    (Files written before checksums existed have none and are taken as they are.)"""
+    payload = dict(payload)
+    stored = payload.pop(CHECKSUM_KEY, None)
+    if stored is not None and stored != content_digest(payload):
+        raise CorruptCheckpoint("its content does not match its checksum")
+    return payload
 
 
 TMP_PREFIX = ".tmp-"
@@ -186,7 +246,8 @@ class CheckpointStore:
             except CheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001 - a torn or corrupt file: try the one before
-                skipped.append(f"{os.path.basename(ref.path)} ({type(e).__name__}, moved "
+                why = str(e) if isinstance(e, CorruptCheckpoint) else type(e).__name__
+                skipped.append(f"{os.path.basename(ref.path)} ({why}; moved "
                                f"to {os.path.basename(ref.path)}{CORRUPT_SUFFIX})")
                 # Aside, it no longer counts toward keep-K nor is read again at every restart.
                 os.replace(ref.path, ref.path + CORRUPT_SUFFIX)

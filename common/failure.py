@@ -61,10 +61,13 @@ def _rank() -> str:
 
 def run_main(main: Callable[[], object]) -> None:
     """Run a recipe's main; on any error print one line (and a traceback for bugs) and exit."""
+    from common.launch import register_worker
     from common.preemption import Preempted
 
+    register_worker()
     try:
         main()
+        _record(0)
     except Preempted as e:  # agreed by every rank, rank 0 has said so: a clean, distinct exit
         _exit(e.exit_code)
     except UserError as e:
@@ -83,13 +86,30 @@ def run_main(main: Callable[[], object]) -> None:
             _exit(e.code if isinstance(e.code, int) else 1)
         raise
     except BaseException as e:  # noqa: BLE001 - a bug on one rank must end the whole job
+        if _lost_a_rank(e):  # not this rank's fault: the failing rank said why; no traceback
+            say(f"error on rank {_rank()}: lost contact with the other ranks (Horovod shut down "
+                f"after another rank failed or was killed; its message is above)")
+            _exit(1)
         traceback.print_exc()
         say(f"error on rank {_rank()}: {type(e).__name__}: {e}")
         _exit(1)
 
 
+def _lost_a_rank(e: BaseException) -> bool:
+    """Horovod's (or TensorFlow's wrapping of its) error when a peer died mid-collective."""
+    text = f"{type(e).__name__}: {e}"
+    return "HorovodInternalError" in text or "Horovod has been shut down" in text
+
+
+def _record(code: int) -> None:
+    from common.launch import record_exit
+
+    record_exit(code)
+
+
 def _exit(code: int) -> None:
     # os._exit skips Horovod's atexit shutdown, which would wait on the ranks still running.
+    _record(code)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

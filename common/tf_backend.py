@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common.backend import Backend  # noqa: E402
-from common.checkpoint import CheckpointError  # noqa: E402
+from common.checkpoint import CHECKSUM_KEY, CheckpointError, content_digest, verified  # noqa: E402
 from common.config import TrainConfig  # noqa: E402
 from common.metrics import CounterLayout, MetricSums  # noqa: E402
 from common.runtime import (  # noqa: E402
@@ -228,6 +228,8 @@ class TFBackend(Backend):
         arrays = record["state"]["arrays"]
         header = {k: v for k, v in record.items() if k != "state"}
         header.update(format=CHECKPOINT_FORMAT, count=len(arrays))
+        header = json.loads(json.dumps(header))  # the header as it will read back
+        header[CHECKSUM_KEY] = content_digest({**header, "arrays": list(arrays)})
         buf = io.BytesIO()
         np.savez(buf, header=np.array(json.dumps(header)),
                  **{f"v{i}": a for i, a in enumerate(arrays)})
@@ -239,7 +241,9 @@ class TFBackend(Backend):
             arrays = [f[f"v{i}"] for i in range(header.get("count", 0))]
         if header.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path!r} is not a horovod-recipes TensorFlow checkpoint")
-        return {**header, "state": {"arrays": arrays}}
+        header = verified({**header, "arrays": arrays})
+        header["state"] = {"arrays": header.pop("arrays")}
+        return header
 
     # --- training and evaluation ----------------------------------------------------------------
     def train_batches(self, epoch: int, start: int):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from common.backend import Backend
-from common.checkpoint import CheckpointError
+from common.checkpoint import CheckpointError, verified, with_checksum
 from common.config import TrainConfig
 from common.metrics import CounterLayout, MetricSums
 from common.runtime import (
@@ -208,13 +208,14 @@ class TorchBackend(Backend):
     def write_checkpoint(self, f, record: dict) -> None:
         # The file layout of format 1: flat keys, the model's signature as a dict.
         flat = {k: v for k, v in record.items() if k not in ("state", "signature")}
-        torch.save({"format": CHECKPOINT_FORMAT, **flat, **record["state"],
-                    "model_signature": dict(record["signature"])}, f)
+        torch.save(with_checksum({"format": CHECKPOINT_FORMAT, **flat, **record["state"],
+                                  "model_signature": dict(record["signature"])}), f)
 
     def read_checkpoint(self, path: str) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path!r} is not a horovod-recipes PyTorch checkpoint")
+        ckpt = verified(ckpt)
         record = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler")}
         record["signature"] = [[k, list(v)] for k, v in ckpt.get("model_signature", {}).items()]
         record["state"] = {k: ckpt.get(k) for k in ("model", "optimizer", "scaler")}

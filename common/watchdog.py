@@ -241,6 +241,10 @@ class StallWatchdog:
         say(f"error: {message}")
         if linger:
             time.sleep(linger)  # let the other ranks read the stop before this rank goes
+        if self._exit is os._exit:
+            from common.launch import record_exit
+
+            record_exit(EXIT_STALLED)
         self._exit(EXIT_STALLED)
 
 

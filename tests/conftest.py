@@ -20,6 +20,23 @@ HELPERS = Path(__file__).resolve().parent / "helpers"
 HANG_GUARD_S = 900
 
 
+# What the fault-injection tests saw: one entry per fault injected ({"hung": bool, "lost": n}).
+FAULTS: list[dict] = []
+
+
+@pytest.fixture
+def fault_record() -> list[dict]:
+    return FAULTS
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FAULTS:
+        terminalreporter.write_line(
+            f"fault injection: {len(FAULTS)} faults injected, "
+            f"{sum(f['hung'] for f in FAULTS)} hangs, "
+            f"{sum(f['lost'] for f in FAULTS)} checkpoints lost")
+
+
 def job_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"

@@ -3,9 +3,19 @@
 import os
 import pickle
 
+import numpy as np
 import pytest
 
-from common.checkpoint import CheckpointError, CheckpointStore, atomic_write
+from common.checkpoint import (
+    CHECKSUM_KEY,
+    CheckpointError,
+    CheckpointStore,
+    CorruptCheckpoint,
+    atomic_write,
+    content_digest,
+    verified,
+    with_checksum,
+)
 
 
 def write_obj(obj):
@@ -153,3 +163,51 @@ def test_a_serialiser_error_on_write_is_a_checkpoint_error_and_keeps_the_rest(tm
         store.save(2, 20, broken)
     assert [r.step for r in store.list()] == [10]
     assert sorted(os.listdir(tmp_path)) == [os.path.basename(store.path_for(1, 10))]
+
+
+def _payload():
+    import torch
+
+    return {"format": "x", "step": 7, "rng": (3, [1, 2], None), "config": {"base_lr": 0.1},
+            "model": {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+                      "b": torch.zeros(3, dtype=torch.bfloat16)},
+            "arrays": [np.ones(4, np.float64)]}
+
+
+def test_checksum_round_trips_through_a_torch_file(tmp_path):
+    import torch
+
+    path = tmp_path / "c.pt"
+    torch.save(with_checksum(_payload()), path)
+    back = verified(torch.load(path, weights_only=False))
+    assert CHECKSUM_KEY not in back and back["step"] == 7
+    assert content_digest(back) == content_digest(_payload())
+
+
+def test_a_silently_changed_value_fails_the_checksum_and_is_skipped(tmp_path):
+    import torch
+
+    store = CheckpointStore(str(tmp_path), keep=3)
+    for step in (10, 20):
+        payload = with_checksum({**_payload(), "step": step})
+        store.save(0, step, lambda f, p=payload: torch.save(p, f))
+    newest = store.list()[-1].path
+    bad = torch.load(newest, weights_only=False)
+    bad["model"]["w"][1, 2] += 1e-6  # one weight changed; the stored checksum is the old one
+    torch.save(bad, newest)
+    with pytest.raises(CorruptCheckpoint, match="does not match its checksum"):
+        verified(torch.load(newest, weights_only=False))
+    ref, loaded, skipped = store.newest_valid(
+        lambda p: verified(torch.load(p, weights_only=False)))
+    assert loaded["step"] == 10
+    assert skipped == ["ckpt-e00000-s000000020.pt (its content does not match its checksum; "
+                       "moved to ckpt-e00000-s000000020.pt.corrupt)"]
+    assert os.path.exists(newest + ".corrupt") and not os.path.exists(newest)
+
+
+def test_checksum_tells_lists_from_values_and_keys_apart():
+    assert content_digest({"a": [1, 2]}) == content_digest({"a": (1, 2)})
+    assert content_digest({"a": [1, 2]}) != content_digest({"a": [12]})
+    assert content_digest({"a": 1}) != content_digest({"b": 1})
+    assert content_digest(np.zeros(2, np.float32)) != content_digest(np.zeros(2, np.float64))
+    assert verified({"x": 1}) == {"x": 1}  # a file from before checksums loads as it is
