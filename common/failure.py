@@ -52,7 +52,8 @@ def say(line: str) -> None:
     sys.stderr.flush()
 
 
-def _rank() -> str:
+def env_rank() -> str:
+    """This process's rank as its launcher set it (before or without Horovod)."""
     for var in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
         if var in os.environ:
             return os.environ[var]
@@ -79,7 +80,7 @@ def run_main(main: Callable[[], object]) -> None:
                 pass
         _exit(2)
     except KeyboardInterrupt:
-        say(f"rank {_rank()}: interrupted")
+        say(f"rank {env_rank()}: interrupted")
         _exit(130)
     except SystemExit as e:
         if e.code not in (0, None):
@@ -87,11 +88,11 @@ def run_main(main: Callable[[], object]) -> None:
         raise
     except BaseException as e:  # noqa: BLE001 - a bug on one rank must end the whole job
         if _lost_a_rank(e):  # not this rank's fault: the failing rank said why; no traceback
-            say(f"error on rank {_rank()}: lost contact with the other ranks (Horovod shut down "
+            say(f"error on rank {env_rank()}: lost contact with the other ranks (Horovod shut down "
                 f"after another rank failed or was killed; its message is above)")
             _exit(1)
         traceback.print_exc()
-        say(f"error on rank {_rank()}: {type(e).__name__}: {e}")
+        say(f"error on rank {env_rank()}: {type(e).__name__}: {e}")
         _exit(1)
 
 

@@ -37,6 +37,8 @@ import threading
 import time
 from pathlib import Path
 
+from common.failure import env_rank
+
 LAUNCH_DIR_ENV = "HVD_LAUNCH_DIR"
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 MEANINGS = {0: "done", 1: "a worker failed (see its traceback above)",
@@ -54,7 +56,7 @@ def register_worker() -> None:
     folder = os.environ.get(LAUNCH_DIR_ENV)
     if folder and os.path.isdir(folder):
         try:
-            Path(folder, f"{os.getpid()}.worker").write_text(_rank())
+            Path(folder, f"{os.getpid()}.worker").write_text(env_rank())
         except OSError:
             pass
 
@@ -63,16 +65,9 @@ def record_exit(code: int) -> None:
     folder = os.environ.get(LAUNCH_DIR_ENV)
     if folder and os.path.isdir(folder):
         try:
-            Path(folder, f"{os.getpid()}.exit").write_text(f"{code} {_rank()} {time.time()}")
+            Path(folder, f"{os.getpid()}.exit").write_text(f"{code} {env_rank()} {time.time()}")
         except OSError:
             pass
-
-
-def _rank() -> str:
-    for var in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
-        if var in os.environ:
-            return os.environ[var]
-    return "0"
 
 
 # --- the wrapper ---------------------------------------------------------------------------------

@@ -7,13 +7,22 @@ whether any of them got one (one tiny allreduce of host memory; it does not wait
 so they stop together at the same step: the trainer writes a checkpoint of exactly that step
 (mid-epoch, with every rank's RNG state and metric sums), rank 0 prints one line, and every
 rank exits with :data:`EXIT_PREEMPTED`. Running the same command again resumes from it.
+
+A launcher that dies counts as a stop signal too: ``horovodrun`` (MPI mode, where it has
+become ``sh -c mpirun ...``) exits on SIGTERM and leaves ``mpirun`` and the workers running,
+orphaned. So each worker started under
+``horovodrun`` on the launcher's host watches that process; when it is gone the worker acts as
+on SIGHUP (the signal for "your controlling process went away"), and the job stops at the next
+step with a checkpoint instead of training on unseen.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -51,12 +60,28 @@ class SignalWatch:
         if threading.current_thread() is threading.main_thread():
             for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
+        self._watching = threading.Event()
+        launcher = launcher_process() if self.signals else None
+        if launcher is not None:
+            threading.Thread(target=self._watch_launcher, args=(launcher,), daemon=True,
+                             name="launcher-watch").start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self._watching.set()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+    def _watch_launcher(self, launcher: tuple[int, str]) -> None:
+        while not self._watching.wait(1.0):
+            if _start_time(launcher[0]) != launcher[1]:
+                from common.failure import env_rank, say
+
+                say(f"rank {env_rank()}: the launcher (horovodrun, pid {launcher[0]}) is gone; "
+                    "stopping at the next step as on SIGHUP")
+                self.received = self.received or signal.SIGHUP
+                return
 
     def _handle(self, signum, frame) -> None:
         self.received = signal.Signals(signum)
@@ -72,3 +97,43 @@ class SignalWatch:
         if count > 1:  # the codes summed: say how many
             return f"signals on {int(count)} ranks"
         return f"{signal.Signals(int(code) // 4096).name} on rank {int(code) % 4096}"
+
+
+def launcher_process() -> tuple[int, str] | None:
+    """(pid, start time) of the ``horovodrun`` this worker runs under on this host, if any.
+
+    Under MPI, horovodrun replaces itself with ``/bin/sh -c "mpirun ..."`` (the worker's
+    grandparent); under Gloo it stays a Python process above a shell per worker."""
+    pid = os.getppid()
+    for _ in range(6):
+        if pid <= 1:
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        horovodrun = any(part.endswith(b"/horovodrun") or part == b"horovodrun"
+                         for part in cmdline[:2])
+        shell_of_mpirun = (len(cmdline) > 2 and cmdline[0].endswith(b"sh")
+                           and cmdline[1] == b"-c" and cmdline[2].startswith(b"mpirun "))
+        if horovodrun or shell_of_mpirun:
+            return pid, _start_time(pid)
+        pid = _parent(pid)
+    return None
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _start_time(pid: int) -> str:
+    """A process's start time (so a reused pid is not mistaken for it); "" once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[1].split()
+    return "" if fields[0] == "Z" else fields[19]

@@ -266,6 +266,28 @@ def test_a_signal_to_hvd_launch_stops_every_worker_at_a_checkpoint(tmp_path, uni
     rerun_matches(run, uninterrupted, tmp_path, FLAGS)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
+def test_workers_of_a_horovodrun_that_dies_stop_at_a_checkpoint_not_orphaned(
+        tmp_path, uninterrupted, fault_record, sig):
+    """horovodrun under MPI dies on SIGTERM (or SIGKILL) and would leave mpirun and the workers
+    training; the workers notice and stop at the next step with a checkpoint."""
+    run = tmp_path / "run"
+    job = Faulty("mpi", MNIST, FLAGS, run, tmp_path)
+    job.wait_for_first_epoch()
+    workers = [job.rank_pid(0), job.rank_pid(1)]
+    job.inject(job.job.pid, sig, fault_record)
+    deadline = time.monotonic() + END_BOUND_S
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, "workers outlived their launcher"
+        time.sleep(0.2)
+    [line] = [x for x in job.out.splitlines() if "stopped by" in x]  # mpirun kept the pipe
+    assert re.search(r"stopped by (SIGHUP on rank \d|signals on 2 ranks) after step", line), line
+    assert "the launcher (horovodrun, pid " in job.err
+    step = int(line.split("after step ")[1].split()[0])
+    assert max(checkpoint_steps(run / "ckpt")) == step
+    rerun_matches(run, uninterrupted, tmp_path, FLAGS)
+
+
 def test_a_silently_corrupted_newest_checkpoint_is_skipped_and_the_run_resumes_exactly(
         tmp_path, uninterrupted, fault_record):
     import torch
