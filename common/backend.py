@@ -107,6 +107,10 @@ class Backend(abc.ABC):
         """Load :meth:`state`'s output; raise CheckpointError naming ``source`` if it does not fit."""
 
     @abc.abstractmethod
+    def weights_finite(self) -> bool:
+        """Whether every model parameter is finite (no NaN or inf): checked before each save."""
+
+    @abc.abstractmethod
     def signature(self) -> list[list]:
         """``[name, shape]`` of every saved tensor: what a checkpoint must match."""
 

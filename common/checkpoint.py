@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"^ckpt-e(\d{5})-s(\d{9})\.(\w+)$")
 LOCK_NAME = ".lock"
 CORRUPT_SUFFIX = ".corrupt"
+DIVERGED_SUFFIX = ".diverged"
 
 
 class CheckpointError(UserError):
@@ -170,6 +171,8 @@ class CheckpointStore:
 
         A second job on the same directory gets a CheckpointError naming the holder. Holding
         the lock, temporary files left by a writer that was killed are removed."""
+        if getattr(self, "_lock_file", None) is not None:  # held already (a rollback)
+            return []
         try:
             os.makedirs(self.directory, exist_ok=True)
             f = open(os.path.join(self.directory, LOCK_NAME), "a+")  # noqa: SIM115 - held open
@@ -213,6 +216,15 @@ class CheckpointStore:
                                           os.path.join(self.directory, name)))
         return sorted(refs)
 
+    def set_aside(self, after_step: int, suffix: str) -> list[str]:
+        """Rename the checkpoints newer than ``after_step`` to ``<name><suffix>``; their names."""
+        moved = []
+        for ref in self.list():
+            if ref.step > after_step:
+                os.replace(ref.path, ref.path + suffix)
+                moved.append(os.path.basename(ref.path))
+        return moved
+
     def save(self, epoch: int, step: int, write: Callable[[Any], None]) -> str:
         """Write a checkpoint atomically, then delete all but the newest ``keep``."""
         path = self.path_for(epoch, step)
@@ -229,18 +241,21 @@ class CheckpointStore:
         return path
 
     def newest_valid(
-        self, load: Callable[[str], Any]
+        self, load: Callable[[str], Any], max_step: int | None = None
     ) -> tuple[CheckpointRef, Any, list[str]] | None:
         """Load the newest checkpoint that ``load`` can read, skipping unreadable ones.
 
         Returns (ref, loaded state, names of the newer files skipped as unreadable), or None
         when the directory holds no checkpoint.
 
+        ``max_step``: only checkpoints of that step or earlier (a rollback's target).
         ``load`` raises CheckpointError for a file that is readable but wrong (another model):
         that stops the search, since resuming from an older file would silently go back in time.
         """
         skipped = []
         for ref in reversed(self.list()):
+            if max_step is not None and ref.step > max_step:
+                continue
             try:
                 return ref, load(ref.path), skipped
             except CheckpointError:
@@ -304,6 +319,8 @@ class Resume:
     checkpoint: str | None = None
     epoch_sums: list[float] | None = None
     notices: list[str] = field(default_factory=list)
+    lr_factor: float = 1.0  # the LR multiplier rollbacks left (``--on-divergence rollback``)
+    set_aside: list[str] = field(default_factory=list)  # renamed *.diverged by a rollback
 
 
 class CheckpointManager:
@@ -320,6 +337,7 @@ class CheckpointManager:
         self.backend, self.recipe = backend, recipe
         self.steps_per_epoch = steps_per_epoch
         self.config = cfg.as_dict()
+        self.lr_factor = 1.0  # the LR multiplier rollbacks left; saved with each checkpoint
         self.seed = cfg.run.seed
         self.policy = SavePolicy.from_config(cfg)
         c = cfg.checkpoint
@@ -352,14 +370,22 @@ class CheckpointManager:
         return ", ".join(f"{k} {saved[k]!r} -> {v!r}" for k, v in self.config.items()
                          if k in saved and k not in self._NOT_SETTINGS and saved[k] != v)
 
-    def restore(self) -> Resume:
-        """Resume from the newest valid checkpoint (rank 0 reads, all ranks receive)."""
+    def restore(self, max_step: int | None = None) -> Resume:
+        """Resume from the newest valid checkpoint (rank 0 reads, all ranks receive).
+
+        ``max_step`` (a rollback): the newest of that step or earlier; newer ones are renamed
+        ``*.diverged`` so that no later run resumes from them."""
         rt = self.backend.runtime()
-        found, error, notices = None, "", []
+        found, error, notices, moved = None, "", [], []
         if rt.is_root and self.store is not None:
             try:
                 notices += self.store.lock()
-                found = self.store.newest_valid(self._load)
+                found = self.store.newest_valid(self._load, max_step)
+                if max_step is not None and not found:
+                    raise CheckpointError(f"training diverged and no checkpoint of step "
+                                          f"{max_step} or earlier is left to roll back to")
+                if max_step is not None:
+                    moved = self.store.set_aside(max_step, DIVERGED_SUFFIX)
                 if found:
                     ref, record, skipped = found
                     self.backend.load_state(record["state"], ref.path)
@@ -376,13 +402,15 @@ class CheckpointManager:
         if found:
             ref, record, _ = found
             meta = {k: record.get(k) for k in ("epoch", "step", "rng", "world_size",
-                                                 "steps_per_epoch", "epoch_sums")}
+                                                 "steps_per_epoch", "epoch_sums", "lr_factor")}
             meta["path"] = ref.path
+            meta["set_aside"] = moved
         meta = self.backend.broadcast_object(meta, name="ckpt_meta")
         self.backend.broadcast_state()
         if meta is None:
             return Resume(notices=notices)
-        resume = Resume(meta["epoch"], meta["step"], meta["path"], notices=notices)
+        resume = Resume(meta["epoch"], meta["step"], meta["path"], notices=notices,
+                        lr_factor=float(meta["lr_factor"] or 1.0), set_aside=meta["set_aside"])
         if meta["world_size"] == rt.size and meta["steps_per_epoch"] == self.steps_per_epoch:
             if meta["rng"] is not None:
                 self.backend.set_rng_state(meta["rng"][rt.rank])
@@ -398,21 +426,38 @@ class CheckpointManager:
             self.backend.seed(self.seed + 1_000_003 * meta["epoch"] + rt.rank)
         return resume
 
+    def set_aside_after(self, step: int) -> tuple[list[str], str | None]:
+        """Rename checkpoints newer than ``step`` to ``*.diverged`` (rank 0; a collective):
+        returns their names and the newest checkpoint left, on every rank."""
+        result: tuple[list[str], str | None] = ([], None)
+        if self.backend.runtime().is_root and self.store is not None:
+            try:
+                moved = self.store.set_aside(step, DIVERGED_SUFFIX)
+                left = self.store.list()
+                result = (moved, left[-1].path if left else None)
+            except OSError:
+                pass
+        return self.backend.broadcast_object(result, name="set_aside")
+
     def save(self, epoch: int, step: int, epoch_sums: MetricSums | None = None,
              check: Callable[[MetricSums], None] | None = None) -> str | None:
         """Write a checkpoint after ``epoch`` full epochs and ``step`` steps from rank 0 (a
         collective); returns its path. ``epoch_sums``: this rank's counters of the epoch in
         progress, so that a run resumed mid-epoch reports the epoch as an uninterrupted one.
-        ``check(global sums)`` runs on every rank before anything is written (the divergence
-        guard: it raises on every rank alike, since every rank gathers the same sums)."""
+        ``check(global sums or None, weights finite on every rank)`` runs on every rank before
+        anything is written (the divergence guard: it raises on every rank alike, since every
+        rank gathers the same values)."""
         if self.store is None and check is None:
             return None
         rt = self.backend.runtime()
         rngs = self.backend.allgather_object(self.backend.rng_state(), name="rng_states")
         sums = None if epoch_sums is None else epoch_sums.to_array().tolist()
         all_sums = self.backend.allgather_object(sums, name="epoch_sums")
-        if check is not None and sums is not None:
-            check(MetricSums(epoch_sums.layout, np.sum(all_sums, axis=0)))
+        if check is not None:
+            finite = self.backend.allreduce_sum(
+                np.array([float(self.backend.weights_finite())]))[0] == rt.size
+            check(None if sums is None else MetricSums(epoch_sums.layout, np.sum(all_sums, axis=0)),
+                  finite)
         if self.store is None:
             return None
         path, error = None, ""
@@ -421,7 +466,8 @@ class CheckpointManager:
                       "epoch": epoch, "step": step, "rng": rngs, "world_size": rt.size,
                       "steps_per_epoch": self.steps_per_epoch,
                       "epoch_sums": None if sums is None else all_sums,
-                      "config": self.config, "state": self.backend.state()}
+                      "config": self.config, "lr_factor": self.lr_factor,
+                      "state": self.backend.state()}
             try:
                 path = self.store.save(epoch, step,
                                        lambda f: self.backend.write_checkpoint(f, record))

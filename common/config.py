@@ -23,6 +23,7 @@ from common.failure import UserError
 
 LR_SCALING_RULES = ("linear", "sqrt", "none")
 LR_DECAYS = ("none", "step", "cosine")
+ON_DIVERGENCE = ("stop", "rollback")
 
 
 class ConfigError(UserError):
@@ -53,6 +54,9 @@ class RunConfig:
     threads_per_worker: int | None = None
     mpi_groups: int = 1
     divergence_factor: float = 1000.0
+    on_divergence: str = "stop"
+    max_rollbacks: int = 3
+    rollback_lr_factor: float = 0.5
     stop_signals: tuple[str, ...] = ("TERM", "INT", "USR1")
     stall_timeout: float = 300.0
 
@@ -63,6 +67,10 @@ class RunConfig:
         if not self.divergence_factor >= 0 or 0 < self.divergence_factor <= 1:
             raise ConfigError("--divergence-factor must be 0 (off) or greater than 1, "
                               f"got {self.divergence_factor}")
+        if self.on_divergence not in ON_DIVERGENCE:
+            raise ConfigError(f"--on-divergence must be one of {', '.join(ON_DIVERGENCE)}")
+        if self.max_rollbacks < 0 or not 0 < self.rollback_lr_factor < 1:
+            raise ConfigError("--max-rollbacks must be >= 0 and --rollback-lr-factor in (0, 1)")
         from common.preemption import signal_number
 
         for name in self.stop_signals:
@@ -289,6 +297,14 @@ def core_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     g.add_argument("--divergence-factor", type=float, default=base["divergence_factor"],
                    help="stop when the loss exceeds this many times the run's first step's "
                         "loss (0: off); a NaN or infinite loss always stops")
+    g.add_argument("--on-divergence", choices=ON_DIVERGENCE, default=base["on_divergence"],
+                   help="stop: end the job (every checkpoint kept); rollback: reload the last "
+                        "good checkpoint, multiply the LR by --rollback-lr-factor and go on, at "
+                        "most --max-rollbacks times, then stop")
+    g.add_argument("--max-rollbacks", type=int, default=base["max_rollbacks"],
+                   help="rollbacks allowed per run with --on-divergence rollback")
+    g.add_argument("--rollback-lr-factor", type=float, default=base["rollback_lr_factor"],
+                   help="the LR is multiplied by this at each rollback (kept in checkpoints)")
     g.add_argument("--stop-signals", nargs="*", default=base["stop_signals"], metavar="SIG",
                    help="signals that stop training cleanly: every rank stops at the next step, "
                         "a checkpoint of that step is written, exit status 75 (none: off)")

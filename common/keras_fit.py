@@ -57,7 +57,7 @@ class TrainerCallback(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         t = self.trainer
-        t.backend.set_lr(t.schedule(t.step))
+        t.backend.set_lr(t.lr(t.step))
 
     def on_train_batch_end(self, batch, logs=None):
         self.batches += 1
@@ -94,6 +94,18 @@ class TrainerCallback(keras.callbacks.Callback):
             self.on_step(True)
 
 
+def _restart_epoch(t: Trainer) -> None:
+    """After a mid-epoch checkpoint (resumed or rolled back to): model.fit restarts the epoch."""
+    if t.start:
+        t.out.print(f"note: model.fit resumes at epoch boundaries: epoch {t.epoch + 1} restarts")
+        t.step, t.start, t.epoch_sums = t.epoch * t.n_steps, 0, None
+
+
+def _fit_from_epoch_start(trainer: Trainer) -> None:
+    _restart_epoch(trainer)
+    _fit_epochs(trainer)
+
+
 def _fit_epochs(trainer: Trainer, on_step=None) -> None:
     """``model.fit`` from the trainer's epoch to the last, on the current world."""
     t, b = trainer, trainer.backend
@@ -117,14 +129,11 @@ def fit(backend: TFBackend, cfg: TrainConfig, recipe: str,
     trainer = Trainer(backend, cfg, recipe, recipe_args, describe)
     with trainer.running(elastic is not None):
         trainer.restore()
-        if trainer.start:
-            trainer.out.print(f"note: model.fit resumes at epoch boundaries: epoch "
-                              f"{trainer.epoch + 1} restarts")
-            trainer.step, trainer.start = trainer.epoch * trainer.n_steps, 0
         if elastic is None:
-            _fit_epochs(trainer)
+            trainer.train_with_rollbacks(_fit_from_epoch_start)
         else:
             from common.elastic import train_elastic
 
+            _restart_epoch(trainer)
             train_elastic(trainer, elastic.commit_steps, _fit_epochs)
         return trainer.final()

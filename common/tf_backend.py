@@ -224,6 +224,10 @@ class TFBackend(Backend):
     def broadcast_state(self) -> None:
         broadcast_state(self.model, self.optimizer)
 
+    def weights_finite(self) -> bool:
+        flags = [tf.reduce_all(tf.math.is_finite(v)) for v in self.model.trainable_variables]
+        return bool(tf.reduce_all(tf.stack(flags))) if flags else True
+
     def write_checkpoint(self, f, record: dict) -> None:
         arrays = record["state"]["arrays"]
         header = {k: v for k, v in record.items() if k != "state"}

@@ -205,6 +205,10 @@ class TorchBackend(Backend):
     def broadcast_state(self) -> None:
         broadcast_state(self.model, self.optimizer)
 
+    def weights_finite(self) -> bool:
+        flags = [torch.isfinite(p).all() for p in self.model.parameters()]
+        return bool(torch.stack(flags).all()) if flags else True  # one device sync
+
     def write_checkpoint(self, f, record: dict) -> None:
         # The file layout of format 1: flat keys, the model's signature as a dict.
         flat = {k: v for k, v in record.items() if k not in ("state", "signature")}

@@ -47,6 +47,10 @@ from common.watchdog import StallWatchdog, beat
 _BAR_REFRESH_S = 0.5
 
 
+class Rollback(Exception):
+    """Training diverged and ``--on-divergence rollback`` allows another try (every rank)."""
+
+
 @dataclass(frozen=True)
 class ElasticConfig:
     """Elastic mode: commit the loop's state every ``commit_steps`` steps (the rollback point)."""
@@ -89,6 +93,9 @@ class Trainer:
         self.samples_per_sec = 0.0
         self.trained = False
         self.checked_step = 0  # the last step whose loss the guard found sound
+        self.lr_factor = 1.0  # lowered by each rollback (--on-divergence rollback)
+        self.rollbacks = 0
+        self.first_step = 0  # the step this run started from
         self.guard = DivergenceGuard(cfg.run.divergence_factor)
         self.signals = SignalWatch(cfg.run.stop_signals)
         self.clock = Throughput()
@@ -114,6 +121,9 @@ class Trainer:
         """Around everything that follows construction: stop signals become requests, and the
         stall watchdog (a collective to start; not in elastic mode, where Horovod itself drops a
         worker that stops answering) watches every rank's progress."""
+        if elastic and self.cfg.run.on_divergence == "rollback":
+            raise ConfigError("--on-divergence rollback does not work with elastic recipes "
+                              "(their rollback point is the elastic commit); use stop")
         watchdog = None
         if self.cfg.run.stall_timeout and not elastic:
             watchdog = StallWatchdog(self.cfg.run.stall_timeout, self.rt.rank, self.rt.size)
@@ -125,16 +135,32 @@ class Trainer:
             if watchdog is not None:
                 watchdog.close()
 
-    def restore(self) -> None:
-        """Resume from the newest checkpoint (a collective) and report the run's start."""
-        resume: Resume = self.checkpoints.restore()
+    def lr(self, step: int) -> float:
+        """The LR of ``step``: the schedule's, times what rollbacks left of it."""
+        return self.schedule(step) * self.lr_factor
+
+    def _restore_position(self, max_step: int | None = None) -> Resume:
+        """Load the newest checkpoint (of ``max_step`` or earlier) on every rank (a collective)
+        and continue from it."""
+        resume: Resume = self.checkpoints.restore(max_step)
         self.epoch, self.step, self.checkpoint = resume.epoch, resume.step, resume.checkpoint
         self.checked_step = self.step
         self.start = (self.step - self.epoch * self.n_steps) * self.step_samples
+        self.epoch_sums = None
         if resume.epoch_sums is not None and self.start:
             self.epoch_sums = MetricSums(self.backend.train_layout, resume.epoch_sums)
         if self.checkpoint:
             self.out.resumed(self.epoch)
+        return resume
+
+    def restore(self) -> None:
+        """Resume from the newest checkpoint (a collective) and report the run's start."""
+        resume = self._restore_position()
+        self.first_step = self.step  # checkpoints after it are this run's own
+        self.lr_factor = self.checkpoints.lr_factor = resume.lr_factor
+        if resume.lr_factor != 1.0:
+            resume.notices.append(f"the LR stays x{resume.lr_factor:g} (rollbacks of the saved "
+                                  "run)")
         error = self.out.start(recipe=self.recipe, cfg=self.cfg, recipe_args=self.recipe_args,
                                world_size=self.rt.size,
                                notices=resume.notices + self.backend.notices,
@@ -166,7 +192,7 @@ class Trainer:
             # epoch: it is complete.
             complete, stopping = b.steps_left(self.start) == 0, False
             for batch in () if complete else b.train_batches(self.epoch, self.start):
-                lr = self.schedule(self.step)
+                lr = self.lr(self.step)
                 b.set_lr(lr)
                 batch_counters = b.train_step(batch)
                 counters = counters + batch_counters
@@ -218,10 +244,11 @@ class Trainer:
             self.epoch, self.start = self.epoch + 1, 0
         saved = None
         if self.policy.should_save(self.step, self.epoch, complete, stopping):
-            saved = self.checkpoints.save(self.epoch, self.step, None if complete else local)
+            saved = self.checkpoints.save(self.epoch, self.step, None if complete else local,
+                                          check=self.check_divergence)
             self.checkpoint = saved or self.checkpoint
         self.out.epoch(epoch=number, epochs=self.cfg.run.epochs, step=self.step,
-                       lr=self.schedule(max(self.step - 1, 0)), train=self.train_sums,
+                       lr=self.lr(max(self.step - 1, 0)), train=self.train_sums,
                        val=self.val_sums, samples_per_sec=self.samples_per_sec,
                        world_size=self.rt.size, elapsed=elapsed, checkpoint=saved)
 
@@ -243,21 +270,61 @@ class Trainer:
         self.out.close()
         raise Preempted(why)
 
-    def check_divergence(self, sums: MetricSums) -> None:
-        """Stop every rank together if the guard finds these global sums diverged.
+    def check_divergence(self, sums: MetricSums | None, weights_finite: bool = True) -> None:
+        """Stop every rank together (or roll back) if the guard finds these global sums
+        diverged, or the weights are not finite.
 
         Called on every rank with the same global values; nothing of the diverged steps is
         saved and every checkpoint already written stays."""
-        reason = self.guard.reason(sums.loss)
+        reason = None if sums is None else self.guard.reason(sums.loss)
+        if reason is None and not weights_finite:
+            reason = "the weights are not finite (NaN or inf)"
         if reason is None:
             return
+        where = f"between step {self.checked_step + 1} and step {self.step} (epoch {self.epoch + 1})"
+        run = self.cfg.run
+        if run.on_divergence == "rollback" and self.rollbacks < run.max_rollbacks and self.checkpoint:
+            raise Rollback(f"{reason} {where}")  # the same verdict on every rank
         b = self.backend
+        # A checkpoint this run wrote after the last sound weights is set aside, not resumed.
+        moved, good = self.checkpoints.set_aside_after(self.last_sound_weights)
+        aside = f" ({', '.join(moved)} set aside as *.diverged)" if moved else ""
         raise AgreedError(
-            f"training diverged: {reason} between step {self.checked_step + 1} and step "
-            f"{self.step} (epoch {self.epoch + 1}); nothing of it was saved; last good "
-            f"checkpoint: {self.checkpoint or 'none yet'}. Lower --base-lr or raise "
-            f"--warmup-epochs, then run again (it resumes from that checkpoint)",
+            f"training diverged: {reason} {where}; nothing of it was saved{aside}; "
+            + (f"{self.rollbacks} rollback(s) did not help; " if self.rollbacks else "")
+            + f"last good checkpoint: {good or 'none yet'}. Lower --base-lr or raise "
+            f"--warmup-epochs, or use --on-divergence rollback, then run again (it resumes from "
+            f"that checkpoint)",
             lambda: b.broadcast_object(None, name="diverged"))
+
+    @property
+    def last_sound_weights(self) -> int:
+        """The newest step whose weights are known sound: the loss of step k is measured on the
+        weights after step k-1, so those of the last sound step itself are not vouched for
+        (unless this run started there: the checkpoint it resumed from is trusted)."""
+        return max(self.checked_step - 1, self.first_step)
+
+    def roll_back(self, why: Rollback) -> None:
+        """After a divergence every rank agreed on: reload the last good checkpoint (a
+        collective) and go on with a lower LR."""
+        self.rollbacks += 1
+        self.lr_factor *= self.cfg.run.rollback_lr_factor
+        self.checkpoints.lr_factor = self.lr_factor
+        resume = self._restore_position(max_step=self.last_sound_weights)
+        self.out.print(f"training diverged: {why}; rollback {self.rollbacks} of "
+                       f"{self.cfg.run.max_rollbacks}: back to {self.checkpoint} (step "
+                       f"{self.step}), the LR now x{self.lr_factor:g}")
+        if resume.set_aside:
+            self.out.print(f"note: set aside as *.diverged (written after the last sound "
+                           f"weights): {', '.join(resume.set_aside)}")
+
+    def train_with_rollbacks(self, train: Callable[[Trainer], None]) -> None:
+        """``train(self)``, and again from the last good checkpoint after each rollback."""
+        while True:
+            try:
+                return train(self)
+            except Rollback as why:
+                self.roll_back(why)
 
     def final(self) -> dict[str, Any]:
         """The final record; a run that had nothing left to train reports the restored model."""
@@ -282,7 +349,7 @@ def fit(backend: Backend, cfg: TrainConfig, recipe: str, recipe_args: dict[str, 
     with trainer.running(elastic is not None):
         trainer.restore()
         if elastic is None:
-            trainer.train()
+            trainer.train_with_rollbacks(Trainer.train)
         else:
             from common.elastic import train_elastic
 

@@ -192,3 +192,22 @@ def test_divergence_stops_every_rank_and_keeps_good_checkpoints(tmp_path, recipe
     assert len(errors) == 2, proc.stderr[-3000:]  # one line from each rank
     assert {p.name: p.read_bytes() for p in (out / "ckpt").glob("ckpt-*")} == good
     assert "Traceback" not in proc.stdout and "<stderr>:Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("recipe", ["pytorch/mnist.py", "tensorflow/keras_mnist.py"])
+def test_rollback_reloads_the_last_good_checkpoint_on_every_rank_and_goes_on(tmp_path, recipe):
+    script = MNIST.parents[1] / recipe
+    out = tmp_path / "run"
+    flags = [script, "--checkpoint-dir", out / "ckpt", "--metrics-file", out / "m.jsonl",
+             "--checkpoint-steps", "5", "--batch-size", "64"]
+    horovodrun(2, [*flags, "--epochs", "1"], cwd=tmp_path)
+    proc = horovodrun(2, [*flags, "--epochs", "3", "--base-lr", "1e4", "--on-divergence",
+                          "rollback", "--rollback-lr-factor", "1e-5"], cwd=tmp_path)
+    rollbacks = [x for x in proc.stdout.splitlines() if "rollback 1 of 3: back to " in x]
+    assert len(rollbacks) == 1 and "the LR now x1e-05" in rollbacks[0], proc.stdout[-3000:]
+    assert "rollback 2 of 3" not in proc.stdout  # one rollback was enough
+    records = read_records(out / "m.jsonl")
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2, 3]
+    final = final_record(out / "m.jsonl")
+    assert final["val_accuracy"] > 0.8 and final["step"] == 3 * 11  # 1,438 samples / (2 x 64)
+    assert "Traceback" not in proc.stdout and "<stderr>:Traceback" not in proc.stderr

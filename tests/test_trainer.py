@@ -76,6 +76,9 @@ class NumpyBackend(Backend):
     def signature(self):
         return [["w", [len(self.w)]], ["v", [len(self.v)]]]
 
+    def weights_finite(self):
+        return bool(np.all(np.isfinite(self.w)))
+
     def broadcast_state(self):
         pass
 
@@ -215,3 +218,47 @@ def test_a_loss_that_explodes_but_stays_finite_is_divergence_too(tmp_path):
         fit(NumpyBackend(wild), wild, "test/linear")
     lenient = config(tmp_path, epochs=3, base_lr=1e4, divergence_factor=0)
     fit(NumpyBackend(lenient), lenient, "test/linear")  # the rule is off: trains to the end
+
+
+def test_rollback_reloads_the_last_good_checkpoint_with_a_lower_lr(tmp_path, capsys):
+    cfg = config(tmp_path, epochs=1, checkpoint_steps=2)
+    before = fit(NumpyBackend(cfg), cfg, "test/linear")["val_loss"]
+    wild = config(tmp_path, epochs=4, checkpoint_steps=2, base_lr=8.0, on_divergence="rollback",
+                  rollback_lr_factor=0.01)
+    backend = NumpyBackend(wild)
+    final = fit(backend, wild, "test/linear")
+    out = capsys.readouterr().out
+    rollbacks = [line for line in out.splitlines() if line.startswith("training diverged")]
+    assert rollbacks and "training diverged: the loss" in rollbacks[0]
+    assert "rollback 1 of 3: back to " in rollbacks[0] and "the LR now x0.01" in rollbacks[0]
+    assert "ckpt-e00001-s000000005.pkl (step 5)" in rollbacks[0]  # the last sound weights
+    assert "note: set aside as *.diverged (written after the last sound weights): " \
+           "ckpt-e00001-s000000006.pkl" in out
+    assert final["val_loss"] < before  # it went on learning at the lower LR
+    assert [r["epoch"] for r in epoch_records(tmp_path)] == [1, 2, 3, 4]  # each epoch once
+    newest = max((tmp_path / "ckpt").glob("ckpt-*.pkl"), key=lambda p: p.name)
+    record = pickle.loads(newest.read_bytes())
+    assert record["lr_factor"] == pytest.approx(0.01 ** len(rollbacks))
+    assert np.all(np.isfinite(record["state"]["w"]))
+    more = config(tmp_path, epochs=5, checkpoint_steps=2, base_lr=8.0, on_divergence="rollback",
+                  rollback_lr_factor=0.01)
+    fit(NumpyBackend(more), more, "test/linear")  # a restart keeps the lowered LR
+    assert f"the LR stays x{0.01 ** len(rollbacks):g}" in capsys.readouterr().out
+
+
+def test_rollbacks_that_do_not_help_end_in_the_divergence_error(tmp_path):
+    cfg = config(tmp_path, epochs=1, checkpoint_steps=2)
+    fit(NumpyBackend(cfg), cfg, "test/linear")
+    good = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").glob("ckpt-*")}
+    hopeless = config(tmp_path, epochs=4, checkpoint_steps=2, base_lr=1e200,
+                      on_divergence="rollback", max_rollbacks=2, rollback_lr_factor=0.9)
+    with pytest.raises(UserError, match=r"training diverged: .*set aside as \*\.diverged\); "
+                                        r"2 rollback\(s\) did not help; last good checkpoint: "
+                                        r"\S+ckpt-e00001-s000000005\.pkl\."):
+        fit(NumpyBackend(hopeless), hopeless, "test/linear")
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").glob("ckpt-*")
+            if not p.name.endswith(".diverged")}
+    # Nothing from the diverged steps is left to resume from, and the newest good one stays
+    # (keep-3 rotation at the one unvouched save may have dropped the oldest).
+    assert kept.items() <= good.items() and "ckpt-e00001-s000000005.pkl" in kept
+    assert (tmp_path / "ckpt" / "ckpt-e00001-s000000006.pkl.diverged").exists()
