@@ -246,6 +246,18 @@ def test_a_stopped_rank_ends_the_job_after_the_stall_timeout_naming_it(tmp_path,
     rerun_matches(run, uninterrupted, tmp_path, FLAGS)
 
 
+@pytest.mark.parametrize("recipe", ["mnist.py", "keras_mnist.py"])
+def test_a_stopped_rank_ends_a_tensorflow_job_too(tmp_path, fault_record, recipe):
+    script = MNIST.parents[1] / "tensorflow" / recipe
+    run = tmp_path / "run"
+    job = Faulty("mpi", script, FLAGS, run, tmp_path)
+    job.wait_for_first_epoch()
+    job.inject(job.rank_pid(1), signal.SIGSTOP, fault_record)
+    assert re.search(r"Exit code: +124", job.err), job.err[-3000:]
+    [said] = [x for x in job.err.splitlines() if x.startswith("[1,0]<stderr>:error: stalled:")]
+    assert "rank 1 on " in said and "stopped answering" in said
+
+
 @pytest.mark.parametrize("launcher,sig", [("mpi", signal.SIGTERM), ("mpi", signal.SIGINT),
                                           ("mpirun", signal.SIGTERM), ("gloo", signal.SIGINT)])
 def test_a_signal_to_hvd_launch_stops_every_worker_at_a_checkpoint(tmp_path, uninterrupted,
