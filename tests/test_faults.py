@@ -108,7 +108,7 @@ LAUNCHERS = {
                "-bind-to", "none", "-x", "PATH", "-x", "PYTHONPATH", "-x", "PYTHONUNBUFFERED",
                "-x", "OMP_NUM_THREADS"],
 }
-WRAP = [str(BIN / "python"), "-m", "common.launch"]  # hvd-launch, as installed by make setup
+WRAP = [str(BIN / "hvd-launch")]  # the console script make setup installs
 # A fault's job must end this long after the injection (the stall timeout plus the launcher's
 # own wind-down); far below conftest's guard against a hung test.
 END_BOUND_S = 90
