@@ -196,18 +196,31 @@ def test_divergence_stops_every_rank_and_keeps_good_checkpoints(tmp_path, recipe
 
 @pytest.mark.parametrize("recipe", ["pytorch/mnist.py", "tensorflow/keras_mnist.py"])
 def test_rollback_reloads_the_last_good_checkpoint_on_every_rank_and_goes_on(tmp_path, recipe):
+    """A run resumed at LR 1e4 diverges, rolls back to the checkpoint it started from with the
+    LR x1e-5, and ends as a run resumed from that checkpoint at LR 0.1 (1e4 x 1e-5) does."""
+    import shutil
+
     script = MNIST.parents[1] / recipe
-    out = tmp_path / "run"
-    flags = [script, "--checkpoint-dir", out / "ckpt", "--metrics-file", out / "m.jsonl",
-             "--checkpoint-steps", "5", "--batch-size", "64"]
-    horovodrun(2, [*flags, "--epochs", "1"], cwd=tmp_path)
-    proc = horovodrun(2, [*flags, "--epochs", "3", "--base-lr", "1e4", "--on-divergence",
-                          "rollback", "--rollback-lr-factor", "1e-5"], cwd=tmp_path)
-    rollbacks = [x for x in proc.stdout.splitlines() if "rollback 1 of 3: back to " in x]
-    assert len(rollbacks) == 1 and "the LR now x1e-05" in rollbacks[0], proc.stdout[-3000:]
-    assert "rollback 2 of 3" not in proc.stdout  # one rollback was enough
-    records = read_records(out / "m.jsonl")
-    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2, 3]
-    final = final_record(out / "m.jsonl")
-    assert final["val_accuracy"] > 0.8 and final["step"] == 3 * 11  # 1,438 samples / (2 x 64)
+
+    def flags(out):
+        return [script, "--checkpoint-dir", out / "ckpt", "--metrics-file", out / "m.jsonl",
+                "--checkpoint-steps", "5", "--batch-size", "64", "--epochs", "3"]
+
+    wild, calm = tmp_path / "wild", tmp_path / "calm"
+    horovodrun(2, [*flags(wild), "--epochs", "1"], cwd=tmp_path)  # 11 steps, sound
+    shutil.copytree(wild, calm)
+    proc = horovodrun(2, [*flags(wild), "--base-lr", "1e4", "--on-divergence", "rollback",
+                          "--rollback-lr-factor", "1e-5"], cwd=tmp_path)
+    rollbacks = [x for x in proc.stdout.splitlines() if "training diverged: " in x]
+    assert len(rollbacks) == 1, proc.stdout[-3000:]  # one was enough
+    assert "rollback 1 of 3: back to " in rollbacks[0] and "s000000011" in rollbacks[0]
+    assert "the LR now x1e-05" in rollbacks[0]
     assert "Traceback" not in proc.stdout and "<stderr>:Traceback" not in proc.stderr
+    horovodrun(2, [*flags(calm), "--base-lr", "0.1"], cwd=tmp_path)
+    a, b = final_record(wild / "m.jsonl"), final_record(calm / "m.jsonl")
+    assert [r["epoch"] for r in read_records(wild / "m.jsonl") if r["type"] == "epoch"] == [1, 2, 3]
+    assert a["step"] == b["step"] == 3 * 11  # 1,438 samples / (2 x 64) per step
+    assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    if recipe.startswith("pytorch"):
+        assert max_abs_diff(load_checkpoint(a["checkpoint"])["model"],
+                            load_checkpoint(b["checkpoint"])["model"]) < 1e-5
