@@ -11,6 +11,11 @@ single-process loop, everything a distributed run adds happens here once, for bo
 * the ``SavePolicy`` decides after each step and epoch whether to checkpoint;
 * each epoch reduces exact global metrics, validates on every rank's shard, and prints one line,
   writes one JSON record and TensorBoard scalars from rank 0.
+* before each save and at each epoch end the ``DivergenceGuard`` checks the global loss and the
+  weights: the job stops on every rank together, or (``--on-divergence rollback``) every rank
+  reloads the last sound checkpoint and goes on with a lower LR; stop signals are agreed after
+  every step (``common.preemption``) and the stall watchdog runs beside it all
+  (``common.watchdog``).
 
 Elastic mode (``fit(..., elastic=ElasticConfig(...))``) runs the same loop under Horovod's
 ``elastic.run``: the loop's position (epoch, step, samples done in the epoch) and the model and
