@@ -99,17 +99,19 @@ def max_abs_diff(a: dict, b: dict) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
-def _worker_pids_on(host: str, script: str) -> list[int]:
-    """Training processes of ``script`` that horovodrun started for ``host``."""
+def worker_pids(script: str | Path, *env: str) -> list[int]:
+    """Python processes running ``script`` whose environment holds any of ``env``
+    (``"HOROVOD_RANK=1"``, ``"HOROVOD_HOSTNAME=127.0.0.1"``): the workers a launcher started."""
+    wanted = [e.encode() for e in env]
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if (any(script.encode() in c for c in cmd) and cmd[0].endswith(b"python")
-                and f"HOROVOD_HOSTNAME={host}".encode() in env):
+        if (any(str(script).encode() in c for c in cmd) and cmd[0].endswith(b"python")
+                and any(w in environ for w in wanted)):
             pids.append(int(pid))
     return pids
 
@@ -135,7 +137,7 @@ def run_elastic_and_kill_one(script: Path, tmp_path: Path, epochs: int = 30):
             assert job.poll() is None, job.stdout.read()
             assert time.monotonic() < deadline, "elastic job never finished an epoch"
             time.sleep(0.2)
-        victims = _worker_pids_on("127.0.0.1", str(script))
+        victims = worker_pids(script, "HOROVOD_HOSTNAME=127.0.0.1")
         assert len(victims) == 1, victims
         os.kill(victims[0], signal.SIGKILL)
         output, _ = job.communicate(timeout=HANG_GUARD_S)

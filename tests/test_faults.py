@@ -25,6 +25,7 @@ from conftest import (
     load_checkpoint,
     max_abs_diff,
     read_records,
+    worker_pids,
 )
 
 pytestmark = pytest.mark.multiprocess
@@ -138,17 +139,9 @@ class Faulty:
             time.sleep(0.1)
 
     def rank_pid(self, rank: int) -> int:
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if (str(self.script).encode() in cmd and cmd[0].endswith(b"python")
-                    and (f"HOROVOD_RANK={rank}".encode() in env
-                         or f"OMPI_COMM_WORLD_RANK={rank}".encode() in env)):
-                return int(pid)
-        raise AssertionError(f"no worker of rank {rank}")
+        pids = worker_pids(self.script, f"HOROVOD_RANK={rank}", f"OMPI_COMM_WORLD_RANK={rank}")
+        assert len(pids) == 1, f"workers of rank {rank}: {pids}"
+        return pids[0]
 
     def inject(self, pid: int, sig: signal.Signals, record: list) -> None:
         """Send ``sig`` to ``pid``, wait for the job to end (bounded), note what it left."""
