@@ -188,3 +188,20 @@ def load_cifar10(data_dir: str):
     parts = [read_cifar_batch(os.path.join(folder, name)) for name in CIFAR10_TRAIN_BATCHES]
     train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     return train, read_cifar_batch(os.path.join(folder, CIFAR10_TEST_BATCH))
+
+
+def write_cifar10(data_dir: str, per_batch: int, n_test: int, seed: int = 0) -> str:
+    """Generated data in CIFAR-10's "python version" layout (random pixels and labels): five
+    training batches of ``per_batch`` images and a test batch of ``n_test``, in
+    DIR/cifar-10-batches-py, for tests and benchmarks. Returns that folder."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(data_dir, "cifar-10-batches-py")
+    os.makedirs(folder, exist_ok=True)
+    for name, n in [*((b, per_batch) for b in CIFAR10_TRAIN_BATCHES), (CIFAR10_TEST_BATCH, n_test)]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, n).tolist(), b"batch_label": name.encode()}
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump(batch, f)
+    return folder

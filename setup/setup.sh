@@ -155,6 +155,7 @@ install_frameworks() {
     "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
     "$tf_package==$TENSORFLOW_VERSION" "tf-keras==$TF_KERAS_VERSION" \
     "tensorboard==$TENSORBOARD_VERSION" "mpi4py==$MPI4PY_VERSION" \
+    "matplotlib==$MATPLOTLIB_VERSION" \
     "numpy==$NUMPY_VERSION" "scikit-learn==$SCIKIT_LEARN_VERSION" "tqdm==$TQDM_VERSION" \
     "pyyaml==$PYYAML_VERSION" "cloudpickle==$CLOUDPICKLE_VERSION" "psutil==$PSUTIL_VERSION" \
     "pytest==$PYTEST_VERSION" "hypothesis==$HYPOTHESIS_VERSION" "ruff==$RUFF_VERSION" \

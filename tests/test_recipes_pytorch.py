@@ -21,20 +21,15 @@ from conftest import (
     run_elastic_and_kill_one,
 )
 
+from common.data import write_cifar10
+
 RECIPES = ROOT / "recipes" / "pytorch"
 pytestmark = pytest.mark.multiprocess
 
 
-def write_cifar(directory: Path, per_batch: int = 8, n_test: int = 10) -> None:
-    """Five tiny CIFAR-10 "python version" training batches and a test batch."""
-    rng = np.random.default_rng(0)
-    folder = directory / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", n_test)]:
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 b"labels": rng.integers(0, 10, n).tolist(), b"batch_label": name.encode()}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f)
+def write_cifar(directory: Path) -> None:
+    """Five tiny CIFAR-10 "python version" training batches of 8 and a test batch of 10."""
+    write_cifar10(str(directory), per_batch=8, n_test=10)
 
 
 def test_cifar_reader_round_trip(tmp_path):

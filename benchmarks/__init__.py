@@ -1,0 +1,1 @@
+"""Benchmarks own the side-by-side measurements: `make bench` (benchmarks.bench) and its baselines."""

@@ -1,0 +1,276 @@
+"""Bench owns `make bench`: every launch of the synthetic benchmarks side by side with its ceiling and DDP.
+
+Run:  python -m benchmarks.bench [--np 2] [--model resnet18] [--batch-size 16] [--rounds 2]
+
+In one invocation, on this machine, with the environment as the user has it:
+
+* ``ceiling``: N plain single-process PyTorch loops side by side (``benchmarks.torch_baseline``),
+  each on cores / N threads: what N workers could do if distributing cost nothing;
+* the PyTorch synthetic benchmark recipe at ``-np N`` under ``horovodrun`` (default
+  controller), ``horovodrun --gloo`` and ``mpirun``;
+* ``torchrun`` DDP: the same model, batch, threads and timing in PyTorch's
+  DistributedDataParallel over gloo (``benchmarks.torch_baseline`` under torchrun);
+* TensorFlow: N plain loops side by side (``benchmarks.tf_baseline``) and the TensorFlow
+  synthetic benchmark recipe at ``-np N`` under ``horovodrun``;
+* the CIFAR ResNet recipe's whole training loop (data loading, augmentation, metrics; no
+  checkpoints) on generated CIFAR-format data at np=1 and np=N: its scaling efficiency.
+
+Every row runs ``--rounds`` times, interleaved (round 1 of every row, then round 2, ...) so a
+slow spell of the machine hits every row alike; the table reports each row's median. The
+result is printed as a Markdown table and written as JSON and a PNG bar chart to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# Runtime settings that change what is measured: recorded with the result when the user set any.
+TUNING_PREFIXES = ("HOROVOD_", "OMPI_MCA_", "OMP_", "GLOO_", "MKL_", "KMP_")
+
+
+@dataclass
+class Row:
+    """One measured configuration: how to launch it and what each round gave (samples/s)."""
+
+    name: str
+    group: str  # "pytorch", "tensorflow" or "cifar": a row is compared within its group
+    commands: list[list[str]]  # run side by side; the row's rate is the sum of theirs
+    record: str  # the JSON record type holding the rate: "benchmark" or "epoch"
+    rates: list[float] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def rate(self) -> float | None:
+        return statistics.median(self.rates) if self.rates else None
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _mpirun(n: int) -> list[str]:
+    cmd = ["mpirun", "-np", str(n)]
+    if os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")
+    if n > _cores():
+        cmd.append("--oversubscribe")
+    return cmd
+
+
+def build_rows(a: argparse.Namespace, data_dir: str) -> list[Row]:
+    n, py = a.np, str(BIN / "python")
+    threads = ["--threads-per-worker", str(a.threads)]
+    timing = ["--num-warmup-batches", str(a.warmup), "--num-iters", str(a.iters),
+              "--num-batches-per-iter", str(a.batches_per_iter), "--image-size", str(a.image_size),
+              "--batch-size", str(a.batch_size)]
+    torch_recipe = ["recipes/pytorch/synthetic_benchmark.py", "--model", a.model, *timing, *threads,
+                    "--no-progress"]
+    baseline = ["--model", a.model, *timing, "--threads", str(a.threads)]
+    tf_recipe = ["recipes/tensorflow/synthetic_benchmark.py", "--model", a.tf_model, *timing,
+                 *threads, "--no-progress"]
+    tf_plain = ["-m", "benchmarks.tf_baseline", "--model", a.tf_model, *timing,
+                "--threads", str(a.threads)]
+    horovodrun = [str(BIN / "horovodrun"), "-np", str(n)]
+    cifar = ["recipes/pytorch/cifar10_resnet.py", "--data-dir", data_dir, "--depth", str(a.cifar_depth),
+             "--epochs", "1", "--max-steps", str(a.cifar_steps), "--batch-size",
+             str(a.cifar_batch_size), *threads, "--no-progress"]
+    return [
+        Row("ceiling: plain PyTorch x N side by side", "pytorch",
+            [[py, "-m", "benchmarks.torch_baseline", *baseline] for _ in range(n)], "benchmark"),
+        Row("horovodrun (default)", "pytorch", [[*horovodrun, py, *torch_recipe]], "benchmark"),
+        Row("horovodrun --gloo", "pytorch", [[*horovodrun, "--gloo", py, *torch_recipe]],
+            "benchmark"),
+        Row("mpirun", "pytorch", [[*_mpirun(n), py, *torch_recipe]], "benchmark"),
+        Row("torchrun DDP (gloo)", "pytorch",
+            [[str(BIN / "torchrun"), "--nproc_per_node", str(n), "-m", "benchmarks.torch_baseline",
+              *baseline]],
+            "benchmark"),
+        Row("ceiling: plain TensorFlow x N side by side", "tensorflow",
+            [[py, *tf_plain] for _ in range(n)], "benchmark"),
+        Row("horovodrun TensorFlow (default)", "tensorflow", [[*horovodrun, py, *tf_recipe]],
+            "benchmark"),
+        Row("CIFAR recipe, np=1", "cifar", [[str(BIN / "horovodrun"), "-np", "1", py, *cifar]],
+            "epoch"),
+        Row("CIFAR recipe, np=N", "cifar", [[*horovodrun, py, *cifar]], "epoch"),
+    ]
+
+
+def run_row(row: Row, env: dict[str, str], timeout: float, work: Path) -> None:
+    """Run the row's commands side by side once; add the sum of their rates to ``row.rates``."""
+    files = [work / f"{abs(hash(row.name))}-{len(row.rates)}-{i}.jsonl" for i in range(len(row.commands))]
+    procs = []
+    for cmd, path in zip(row.commands, files, strict=True):
+        path.unlink(missing_ok=True)
+        procs.append(subprocess.Popen([*cmd, "--metrics-file", str(path)], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            outputs.append(p.communicate(timeout=max(deadline - time.monotonic(), 1))[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            row.error = f"timed out after {timeout:.0f} s"
+            return
+    total = 0.0
+    for p, path, text in zip(procs, files, outputs, strict=True):
+        records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        found = [r for r in records if r.get("type") == row.record]
+        if p.returncode or not found:
+            last = [ln for ln in text.splitlines() if ln.strip()][-1:] or ["no output"]
+            row.error = f"exit {p.returncode}: {last[0][:200]}"
+            return
+        total += found[-1]["img_per_sec_total" if row.record == "benchmark" else "samples_per_sec"]
+    row.rates.append(total)
+
+
+def summarise(rows: list[Row], n: int) -> list[dict]:
+    """Each row's median, its share of its group's ceiling and its ratio to DDP (PyTorch rows)."""
+    ceiling = {r.group: r.rate for r in rows if r.name.startswith("ceiling")}
+    ddp = next((r.rate for r in rows if r.name.startswith("torchrun")), None)
+    single = next((r.rate for r in rows if r.name == "CIFAR recipe, np=1"), None)
+    out = []
+    for r in rows:
+        d = {"name": r.name, "group": r.group, "rate": r.rate, "rounds": r.rates, "error": r.error,
+             "commands": [" ".join(c) for c in r.commands]}
+        top = ceiling.get(r.group)
+        if r.rate and top and not r.name.startswith("ceiling"):
+            d["of_ceiling"] = r.rate / top
+        if r.rate and ddp and r.group == "pytorch" and not r.name.startswith(("ceiling", "torchrun")):
+            d["vs_ddp"] = r.rate / ddp
+        if r.rate and single and r.name == "CIFAR recipe, np=N":
+            d["scaling_efficiency"] = r.rate / (n * single)
+        out.append(d)
+    return out
+
+
+def table(summary: list[dict], n: int) -> str:
+    def pct(v):
+        return f"{100 * v:.0f}%" if v is not None else ""
+
+    lines = ["| run | samples/s (median) | rounds | of ceiling | vs DDP | scaling efficiency |",
+             "|---|---|---|---|---|---|"]
+    for d in summary:
+        name = d["name"].replace("x N", f"x {n}").replace("np=N", f"np={n}")
+        rate = f"{d['rate']:.1f}" if d["rate"] else f"failed: {d['error']}"
+        rounds = ", ".join(f"{v:.1f}" for v in d["rounds"])
+        vs = f"{d['vs_ddp']:.2f}x" if "vs_ddp" in d else ""
+        lines.append(f"| {name} | {rate} | {rounds} | {pct(d.get('of_ceiling'))} | {vs} | "
+                     f"{pct(d.get('scaling_efficiency'))} |")
+    return "\n".join(lines)
+
+
+def chart(summary: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [g for g in ("pytorch", "tensorflow", "cifar") if any(d["group"] == g for d in summary)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4.5), squeeze=False)
+    for ax, g in zip(axes[0], groups, strict=True):
+        rows = [d for d in summary if d["group"] == g]
+        ax.bar(range(len(rows)), [d["rate"] or 0 for d in rows],
+               color=["0.6" if d["name"].startswith(("ceiling", "torchrun")) else "C0" for d in rows])
+        ax.set_xticks(range(len(rows)), [d["name"].split(":")[0] for d in rows], rotation=30,
+                     ha="right", fontsize=8)
+        ax.set_ylabel("samples/s (all workers)")
+        ax.set_title(g)
+        for i, d in enumerate(rows):
+            share = d.get("of_ceiling", d.get("scaling_efficiency"))
+            if share is not None:
+                ax.annotate(f"{100 * share:.0f}%", (i, d["rate"]), ha="center", va="bottom", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--np", type=int, default=2, help="workers (N)")
+    p.add_argument("--model", default="resnet18", help="torchvision model of the PyTorch rows")
+    p.add_argument("--tf-model", default="ResNet50", help="keras.applications model of the TF rows")
+    p.add_argument("--batch-size", type=int, default=16, help="images per worker per step")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads per worker (default: cores / N, at least 1)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed batches per run")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations per run")
+    p.add_argument("--batches-per-iter", type=int, default=3)
+    p.add_argument("--cifar-depth", type=int, default=20, help="CIFAR ResNet depth (6n+2)")
+    p.add_argument("--cifar-batch-size", type=int, default=64)
+    p.add_argument("--cifar-steps", type=int, default=40, help="training steps per CIFAR run")
+    p.add_argument("--rounds", type=int, default=2, help="runs of every row; the median is reported")
+    p.add_argument("--only", choices=("pytorch", "tensorflow", "cifar"), action="append",
+                   help="run only these groups (repeatable; default: all)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds allowed for one run")
+    p.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.png")
+    a = p.parse_args(argv)
+    if a.np < 1 or a.rounds < 1 or a.iters < 1 or a.batches_per_iter < 1 or a.cifar_steps < 1:
+        p.error("--np, --rounds, --iters, --batches-per-iter and --cifar-steps must be >= 1")
+    a.threads = a.threads or max(1, _cores() // a.np)
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1")
+    user_tuning = {k: v for k, v in os.environ.items() if k.startswith(TUNING_PREFIXES)}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        work = Path(tmp)
+        # Enough generated samples for np=N workers x steps x batch, and 1,000 to validate.
+        per_batch = -(-a.np * a.cifar_steps * a.cifar_batch_size // 5) + 1
+        data_dir = str(work / "cifar")
+        rows = [r for r in build_rows(a, data_dir) if not a.only or r.group in a.only]
+        if any(r.group == "cifar" for r in rows):
+            from common.data import write_cifar10
+
+            write_cifar10(data_dir, per_batch, 1000)
+        print(f"bench: {len(rows)} runs x {a.rounds} round(s), N={a.np}, {a.threads} thread(s) "
+              f"per worker, {_cores()} cores"
+              + (f"; your settings: {user_tuning}" if user_tuning else ""), flush=True)
+        t0 = time.monotonic()
+        for k in range(a.rounds):
+            for r in rows:
+                if r.error:
+                    continue
+                run_row(r, env, a.timeout, work)
+                got = f"{r.rates[-1]:.1f} samples/s" if len(r.rates) > k else f"FAILED ({r.error})"
+                print(f"  round {k + 1}: {r.name}: {got}", flush=True)
+    summary = summarise(rows, a.np)
+    title = (f"{a.model} / {a.tf_model}, {a.image_size}px, batch {a.batch_size}/worker, N={a.np}, "
+             f"{a.threads} thread(s)/worker, median of {a.rounds}")
+    text = table(summary, a.np)
+    ranked = [d for d in summary if d["rate"] and d["group"] == "pytorch"
+              and not d["name"].startswith("ceiling")]
+    fastest = max(ranked, key=lambda d: d["rate"])["name"] if ranked else None
+    print(f"\n{title}\n\n{text}\n")
+    if fastest:
+        print(f"fastest PyTorch launch at N={a.np}: {fastest}")
+    result = {"date": time.strftime("%Y-%m-%d"), "settings": vars(a), "cores": _cores(),
+              "user_settings": user_tuning, "seconds": round(time.monotonic() - t0),
+              "fastest": fastest, "rows": summary}
+    (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+    chart(summary, out / "bench.png", title)
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    return 1 if any(d["error"] for d in summary) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
