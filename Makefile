@@ -3,7 +3,7 @@ VENV ?= .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 NP ?= 2
 
-.PHONY: setup train test lint check-build doctor clean
+.PHONY: setup train test lint check-build doctor bench clean
 
 setup:
 	@bash setup/setup.sh
@@ -25,6 +25,11 @@ check-build: setup
 # What this machine's Horovod, MPI and GPUs can do, with a fix for each problem.
 doctor: setup
 	python -m common.doctor
+
+# Every launch side by side with its ceiling and a torch DDP baseline (about 25 minutes; not
+# part of `make test`). Flags: make bench BENCH_ARGS="--np 2 --rounds 3".
+bench: setup
+	python -m benchmarks.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache .setup-logs

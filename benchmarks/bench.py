@@ -16,8 +16,10 @@ In one invocation, on this machine, with the environment as the user has it:
   checkpoints) on generated CIFAR-format data at np=1 and np=N: its scaling efficiency.
 
 Every row runs ``--rounds`` times, interleaved (round 1 of every row, then round 2, ...) so a
-slow spell of the machine hits every row alike; the table reports each row's median. The
-result is printed as a Markdown table and written as JSON and a PNG bar chart to ``--out``.
+slow spell of the machine hits every row alike. The table reports each row's median, and each
+ratio (share of the ceiling, ratio to DDP, scaling efficiency) as the median of the ratios taken
+within one round. The result is printed as a Markdown table and written as JSON and a PNG bar
+chart to ``--out``.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def build_rows(a: argparse.Namespace, data_dir: str) -> list[Row]:
     horovodrun = [str(BIN / "horovodrun"), "-np", str(n)]
     cifar = ["recipes/pytorch/cifar10_resnet.py", "--data-dir", data_dir, "--depth", str(a.cifar_depth),
              "--epochs", "1", "--max-steps", str(a.cifar_steps), "--batch-size",
-             str(a.cifar_batch_size), *threads, "--no-progress"]
+             str(a.cifar_batch_size), "--checkpoint-dir", "", *threads, "--no-progress"]
     return [
         Row("ceiling: plain PyTorch x N side by side", "pytorch",
             [[py, "-m", "benchmarks.torch_baseline", *baseline] for _ in range(n)], "benchmark"),
@@ -136,22 +138,31 @@ def run_row(row: Row, env: dict[str, str], timeout: float, work: Path) -> None:
     row.rates.append(total)
 
 
+def _ratio(rates: list[float], refs: list[float] | None, scale: float = 1.0) -> float | None:
+    """The median over rounds of rate / (scale x reference) taken in the same round (the
+    machine's speed drifts between rounds; within a round every row sees the same machine)."""
+    if not rates or not refs or len(refs) != len(rates):
+        return None
+    return statistics.median(r / (scale * ref) for r, ref in zip(rates, refs, strict=True))
+
+
 def summarise(rows: list[Row], n: int) -> list[dict]:
-    """Each row's median, its share of its group's ceiling and its ratio to DDP (PyTorch rows)."""
-    ceiling = {r.group: r.rate for r in rows if r.name.startswith("ceiling")}
-    ddp = next((r.rate for r in rows if r.name.startswith("torchrun")), None)
-    single = next((r.rate for r in rows if r.name == "CIFAR recipe, np=1"), None)
+    """Each row's median, its share of its group's ceiling and its ratio to DDP (PyTorch rows),
+    each the median of that round's ratio."""
+    ceiling = {r.group: r.rates for r in rows if r.name.startswith("ceiling")}
+    ddp = next((r.rates for r in rows if r.name.startswith("torchrun")), None)
+    single = next((r.rates for r in rows if r.name == "CIFAR recipe, np=1"), None)
     out = []
     for r in rows:
         d = {"name": r.name, "group": r.group, "rate": r.rate, "rounds": r.rates, "error": r.error,
              "commands": [" ".join(c) for c in r.commands]}
-        top = ceiling.get(r.group)
-        if r.rate and top and not r.name.startswith("ceiling"):
-            d["of_ceiling"] = r.rate / top
-        if r.rate and ddp and r.group == "pytorch" and not r.name.startswith(("ceiling", "torchrun")):
-            d["vs_ddp"] = r.rate / ddp
-        if r.rate and single and r.name == "CIFAR recipe, np=N":
-            d["scaling_efficiency"] = r.rate / (n * single)
+        if not r.name.startswith("ceiling") and (v := _ratio(r.rates, ceiling.get(r.group))):
+            d["of_ceiling"] = v
+        if (r.group == "pytorch" and not r.name.startswith(("ceiling", "torchrun"))
+                and (v := _ratio(r.rates, ddp))):
+            d["vs_ddp"] = v
+        if r.name == "CIFAR recipe, np=N" and (v := _ratio(r.rates, single, n)):
+            d["scaling_efficiency"] = v
         out.append(d)
     return out
 

@@ -19,6 +19,7 @@ import numpy as np
 from common.config import ConfigError
 from common.metrics import mean_ci95
 from common.output import Reporter
+from common.runtime import SETTINGS, settings_line
 
 
 def add_flags(parser: argparse.ArgumentParser, default_model: str, model_help: str) -> None:
@@ -48,6 +49,8 @@ def measure(run: Callable[[int], None], images_per_batch: int, args: argparse.Na
     """Time ``run(batches)`` (which must wait for the device before returning); summarise.
 
     A collective at the end: each iteration's images/s are summed over ranks."""
+    if SETTINGS:
+        out.print(settings_line())
     run(args.num_warmup_batches)
     rates = []
     for i in range(args.num_iters):
@@ -64,5 +67,7 @@ def measure(run: Callable[[int], None], images_per_batch: int, args: argparse.Na
                batches_per_iter=args.num_batches_per_iter,
                img_per_sec_per_worker=w_mean, img_per_sec_per_worker_ci95=w_ci,
                img_per_sec_total=t_mean, img_per_sec_total_ci95=t_ci)
+    if SETTINGS:
+        rec["runtime_settings"] = dict(SETTINGS)
     out.record("benchmark", **rec)
     return rec

@@ -243,16 +243,22 @@ class TrainConfig:
         return d
 
 
-def resolved(recipe: str, cfg: TrainConfig, recipe_args: dict[str, Any],
-             world_size: int) -> dict[str, Any]:
-    """The run's whole configuration: recipe, world size, core values, then the recipe's own."""
+def resolved(recipe: str, cfg: TrainConfig, recipe_args: dict[str, Any], world_size: int,
+             runtime_settings: dict[str, str] | None = None) -> dict[str, Any]:
+    """The run's whole configuration: recipe, world size, core values, then the recipe's own;
+    last the runtime settings Horovod and MPI started with (``common.runtime.SETTINGS``)."""
     core = cfg.as_dict()
-    return {"recipe": recipe, "world_size": world_size, **core,
-            **{k: v for k, v in sorted(recipe_args.items()) if k not in core and k != "config"}}
+    config = {"recipe": recipe, "world_size": world_size, **core,
+              **{k: v for k, v in sorted(recipe_args.items()) if k not in core and k != "config"}}
+    if runtime_settings:
+        config["runtime_settings"] = dict(runtime_settings)
+    return config
 
 
 def one_line(config: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in config.items())
+    """The flags' values as ``name=value`` (a mapping, such as the runtime settings, on its own
+    line: see ``Reporter.start``)."""
+    return " ".join(f"{k}={v}" for k, v in config.items() if not isinstance(v, dict))
 
 
 def save_resolved(path: str, config: dict[str, Any]) -> None:
@@ -359,7 +365,7 @@ def core_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     return p
 
 
-_INFORMATIONAL = {"recipe", "world_size"}
+_INFORMATIONAL = {"recipe", "world_size", "runtime_settings"}
 
 
 def parse_config(

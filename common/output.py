@@ -99,11 +99,14 @@ class Reporter:
 
         Returns rank 0's error writing config.yaml ('' if none), for the caller to agree on."""
         from common.config import one_line, resolved, save_resolved
+        from common.runtime import SETTINGS, settings_line
 
         for notice in notices:
             self.print(f"note: {notice}")
-        config = resolved(recipe, cfg, recipe_args or {}, world_size)
+        config = resolved(recipe, cfg, recipe_args or {}, world_size, SETTINGS)
         self.print(f"config: {one_line(config)}")
+        if SETTINGS:
+            self.print(settings_line())
         if self.is_root and cfg.checkpoint.checkpoint_dir:
             path = os.path.join(cfg.checkpoint.checkpoint_dir, "config.yaml")
             try:

@@ -2,8 +2,10 @@
 
 SLURM, Kubernetes and Ctrl-C stop a job with a signal (SIGTERM, SIGINT; SLURM's ``--signal``
 sends SIGUSR1 ahead of a time limit). While a run trains, :class:`SignalWatch` turns those
-signals into a request instead of an exception. After every optimizer step all ranks agree on
-whether any of them got one (one tiny allreduce of host memory; it does not wait for the GPU),
+signals into a request instead of an exception. The ranks agree on whether any of them got one
+(one tiny allreduce of host memory; it does not wait for the GPU) after every optimizer step, or
+every few steps when steps are short (about every :data:`AGREE_EVERY_S` seconds: the steps
+between agreements are agreed in the same allreduce, so every rank takes part in the same ones),
 so they stop together at the same step: the trainer writes a checkpoint of exactly that step
 (mid-epoch, with every rank's RNG state and metric sums), rank 0 prints one line, and every
 rank exits with :data:`EXIT_PREEMPTED`. Running the same command again resumes from it.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +31,10 @@ import numpy as np
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request, run again to continue
 DEFAULT_SIGNALS = ("TERM", "INT", "USR1")
+# Agree on stop signals about this often: a collective per step costs a Horovod cycle (about a
+# millisecond), much for steps of a few milliseconds, nothing for steps of a second.
+AGREE_EVERY_S = 0.25
+MAX_STEPS_BETWEEN_AGREEMENTS = 1000
 
 
 def signal_number(name: str) -> signal.Signals:
@@ -55,6 +62,16 @@ class SignalWatch:
         self.signals = [signal_number(n) for n in names]
         self.received: signal.Signals | None = None
         self._previous: dict = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Agree at the next step (every rank calls this after a world change or a rollback)."""
+        self._next_step = 0
+        self._last: tuple[int, float] | None = None  # (step, time) of the last agreement
+
+    def due(self, step: int) -> bool:
+        """Whether the ranks agree on signals after ``step`` (the same answer on every rank)."""
+        return bool(self.signals) and step >= self._next_step
 
     def __enter__(self) -> SignalWatch:
         if threading.current_thread() is threading.main_thread():
@@ -86,12 +103,23 @@ class SignalWatch:
     def _handle(self, signum, frame) -> None:
         self.received = signal.Signals(signum)
 
-    def agreed(self, allreduce_sum: Callable[[np.ndarray], np.ndarray], rank: int) -> str | None:
-        """A collective: None, or what stopped the job (``SIGTERM on rank 1``) on every rank."""
-        mine = np.zeros(2)
+    def agreed(self, allreduce_sum: Callable[[np.ndarray], np.ndarray], rank: int,
+               step: int = 0) -> str | None:
+        """A collective after ``step``: None, or what stopped the job (``SIGTERM on rank 1``), on
+        every rank. Rank 0 also sets when the next agreement is due, from its step time."""
+        now = time.monotonic()
+        mine = np.zeros(3)
         if self.received is not None:  # how many ranks got a signal; which one, and where
-            mine[:] = 1.0, float(self.received) * 4096 + rank
-        count, code = allreduce_sum(mine)
+            mine[:2] = 1.0, float(self.received) * 4096 + rank
+        if rank == 0:
+            every = 1
+            if self._last is not None and step > self._last[0]:
+                per_step = (now - self._last[1]) / (step - self._last[0])
+                every = int(min(max(AGREE_EVERY_S / max(per_step, 1e-6), 1),
+                                MAX_STEPS_BETWEEN_AGREEMENTS))
+            mine[2] = every
+        count, code, every = allreduce_sum(mine)
+        self._next_step, self._last = step + int(every), (step, now)
         if count == 0:
             return None
         if count > 1:  # the codes summed: say how many

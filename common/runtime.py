@@ -1,10 +1,14 @@
-"""Runtime owns a process's place in the job: Horovod's init, rank/size, and per-rank threads and device.
+"""Runtime owns a process's place in the job: Horovod's init and runtime settings, rank/size, threads, device.
 
 ``init_horovod(hvd)`` takes the framework's Horovod module (``horovod.torch`` or
 ``horovod.tensorflow``) so that this module stays framework-agnostic. Under ``mpirun`` with an
 mpi4py communicator (``comm``), Horovod runs on that communicator; otherwise on all processes
 the launcher started. With ``--mpi-groups G`` (:func:`mpi_group`), one ``mpirun`` world is split
 into G independent trainings, each on its own mpi4py sub-communicator.
+
+Before ``hvd.init()`` the core chooses Horovod's and Open MPI's runtime settings for this host
+(:func:`runtime_settings`) and sets each in the environment unless the user (or the launcher)
+already set it there; what was used is :data:`SETTINGS`, shown in the run's configuration.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import functools
 import os
 import random
+import sys
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,12 +46,98 @@ class Runtime:
         return self.rank == 0
 
 
+# Each setting's value and who chose it ("environment" or "core"), once init_horovod has run.
+SETTINGS: dict[str, str] = {}
+
+# Horovod's cycle time (ms) under Gloo on CPU-only hosts: its background thread negotiates once
+# per cycle, over TCP under Gloo, and the default of 1 ms wakes it 1,000 times a second on cores
+# the workers' compute threads fill (README, "Fast by default", has what it was measured to do).
+GLOO_CPU_CYCLE_TIME_MS = "5"
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def launched_local_size(environ: Mapping[str, str]) -> int:
+    """Workers on this host as the launcher announces them (before hvd.init can say): horovodrun,
+    Open MPI's mpirun, MPICH's hydra; 1 if none does."""
+    for name in ("HOROVOD_LOCAL_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"):
+        if environ.get(name, "").isdigit():
+            return max(int(environ[name]), 1)
+    return 1
+
+
+def runtime_settings(local_size: int, cores: int, on_gpu: bool, controller: str = "mpi") -> dict[str, str]:
+    """The Horovod and Open MPI environment settings the core wants on this host.
+
+    * ``OMPI_MCA_mpi_yield_when_idle=1`` under MPI when the workers' threads fill the cores
+      (always on a CPU-only host, where each worker gets cores / workers threads; on a GPU host
+      when there are as many workers as cores): a rank waiting in MPI (Horovod's background
+      thread, every cycle) yields its core instead of spinning on it. Open MPI does this by
+      itself only when a host has more processes than slots.
+    * ``HOROVOD_CYCLE_TIME`` (:data:`GLOO_CPU_CYCLE_TIME_MS`) under Gloo on CPU-only hosts:
+      fewer negotiation rounds over TCP, each of which wakes every rank. Under MPI (with the
+      yield) the cycle time made no difference, and on GPUs a step is too short to wait longer.
+    """
+    settings = {}
+    if controller != "gloo" and (not on_gpu or local_size >= cores):
+        settings["OMPI_MCA_mpi_yield_when_idle"] = "1"
+    if controller == "gloo" and not on_gpu:
+        settings["HOROVOD_CYCLE_TIME"] = GLOO_CPU_CYCLE_TIME_MS
+    return settings
+
+
+def apply_runtime_settings(wanted: Mapping[str, str],
+                           environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """Set each wanted value in ``environ`` unless it is already there (the user's wins); return
+    every setting as ``"value (who)"``."""
+    used = {}
+    for name, value in wanted.items():
+        if name in environ:
+            used[name] = f"{environ[name]} (environment)"
+        else:
+            environ[name] = value
+            used[name] = f"{value} (core)"
+    return used
+
+
+def _gpu_visible() -> bool:
+    """Whether the framework this process imported sees a GPU (without starting one)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return True
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and bool(tf.config.list_physical_devices("GPU"))
+
+
+def choose_runtime_settings() -> dict[str, str]:
+    """Apply :func:`runtime_settings` for this host once, before MPI starts (Open MPI reads its
+    settings when it initialises: in mpi4py's import or in hvd.init); return :data:`SETTINGS`."""
+    if not SETTINGS:
+        SETTINGS.update(apply_runtime_settings(
+            runtime_settings(launched_local_size(os.environ), _cores(), _gpu_visible(),
+                             os.environ.get("HOROVOD_CONTROLLER", "mpi"))))
+    return SETTINGS
+
+
+def settings_line() -> str:
+    """The runtime settings as one printed line ('' before any were chosen)."""
+    return ("runtime settings: " + ", ".join(f"{k}={v}" for k, v in SETTINGS.items())
+            if SETTINGS else "")
+
+
 def init_horovod(hvd, comm=None, mpi_groups: int = 1, device: str = "cpu") -> Runtime:
-    """Initialise Horovod once (idempotent) and describe this process.
+    """Choose the runtime settings, initialise Horovod once (idempotent), describe this process.
 
     ``comm``: an mpi4py communicator to run Horovod on. ``mpi_groups`` > 1: run on this process's
     group of :func:`mpi_group` instead.
     """
+    if not hvd.is_initialized():
+        choose_runtime_settings()
     if comm is None and mpi_groups > 1:
         comm = mpi_group(mpi_groups)[1]
     if not hvd.is_initialized():
@@ -78,11 +170,7 @@ def threads_per_worker(local_size: int, requested: int | None = None) -> int:
     """CPU threads for one worker: the request, or this machine's cores split over local workers."""
     if requested:
         return requested
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(local_size, 1))
+    return max(1, _cores() // max(local_size, 1))
 
 
 @functools.cache
@@ -93,6 +181,7 @@ def mpi_group(groups: int):
     make it. World ranks 0..n-1 form group 0, the next n group 1, and so on. Needs an MPI launch
     (``mpirun``, ``srun --mpi=pmix`` or ``horovodrun --mpi``) and a Horovod built with MPI.
     """
+    choose_runtime_settings()
     try:
         from mpi4py import MPI
     except ImportError as e:

@@ -57,6 +57,9 @@ def init(cfg: TrainConfig, comm=None) -> Runtime:
         tf.config.experimental.set_memory_growth(gpu, True)
         tf.config.set_visible_devices(gpu, "GPU")
         device = "gpu:0"
+    policy = mixed_precision_policy(cfg.run.amp, gpus)
+    if policy:  # before the recipe builds its model: Keras layers take the policy then
+        tf.keras.mixed_precision.set_global_policy(policy)
     threads = threads_per_worker(rt.local_size, cfg.run.threads_per_worker)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -67,6 +70,15 @@ def init(cfg: TrainConfig, comm=None) -> Runtime:
         require_adasum_support(hvd, on_gpu=device != "cpu")
     seed_everything(cfg.run.seed)
     return dataclasses.replace(rt, device=device)
+
+
+def mixed_precision_policy(amp: bool, gpus: list) -> str | None:
+    """The Keras mixed precision policy ``--amp`` asks for: bf16 compute on GPUs that have it
+    (compute capability 8.0 and later), fp16 with loss scaling on older ones; none on CPU."""
+    if not (amp and gpus):
+        return None
+    cc = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
+    return "mixed_bfloat16" if tuple(cc) >= (8, 0) else "mixed_float16"
 
 
 def seed_everything(seed: int) -> None:
@@ -173,8 +185,13 @@ class TFBackend(Backend):
         # (N, H, W) grey images get their channel axis; (N, H, W, C) ones are used as they are.
         self.images, self.val_images = (d.images[..., None] if d.images.ndim == 3 else d.images
                                         for d in (train, val))
-        if cfg.run.amp:
-            self.notices.append("--amp is not wired for TensorFlow recipes yet; training in fp32")
+        self.policy = tf.keras.mixed_precision.global_policy().name
+        if cfg.run.amp and self.policy == "float32":
+            self.notices.append("--amp ignored: no GPU, training in fp32")
+        if self.policy == "mixed_float16" and hasattr(optimizer, "scale_loss"):
+            # The custom loop's Keras 3 optimizer scales the loss and skips steps whose
+            # gradients overflow (model.fit wraps its own optimizer so).
+            optimizer = self.optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
         self._train_step = self._eval_step = None
 
@@ -282,12 +299,13 @@ class TFBackend(Backend):
             sums = tf.zeros(layout.size, tf.float64)
             with tf.GradientTape() as tape:
                 for xs, ys in zip(tf.split(x, passes), tf.split(y, passes), strict=True):
-                    out = model(xs, training=True)
+                    out = tf.cast(model(xs, training=True), tf.float32)  # fp32 loss under --amp
                     loss = loss_fn(ys, out)
                     total += loss * tf.cast(tf.shape(ys)[0], tf.float32) / n
                     sums += counters(out, ys, loss, layout)
+                scaled = optimizer.scale_loss(total) if hasattr(optimizer, "scale_loss") else total
             tape = distributed_tape(tape, cfg)  # distributed: allreduce in tape.gradient
-            grads = tape.gradient(total, tf_variables(model.trainable_variables))
+            grads = tape.gradient(scaled, tf_variables(model.trainable_variables))
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return sums
 
@@ -299,17 +317,17 @@ class TFBackend(Backend):
 
             @tf.function
             def eval_step(x, y):
-                out = model(x, training=False)
+                out = tf.cast(model(x, training=False), tf.float32)
                 return counters(out, y, loss_fn(y, out), layout)
 
             self._eval_step = eval_step
         idx = self.val_indices()
-        total = np.zeros(self.val_layout.size)
+        total = tf.zeros(self.val_layout.size, tf.float64)  # on the device, read once
         ds = tf.data.Dataset.from_tensor_slices((self.val_images[idx], self.val.labels[idx]))
         for x, y in ds.batch(self.val_batch_size):
-            total += self._eval_step(x, y).numpy()
+            total += self._eval_step(x, y)
             beat()
-        return MetricSums(self.val_layout, total)
+        return MetricSums(self.val_layout, self.read_counters(total))
 
     def scalar_writer(self, log_dir: str):
         return _ScalarWriter(log_dir)

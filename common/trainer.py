@@ -14,7 +14,7 @@ single-process loop, everything a distributed run adds happens here once, for bo
 * before each save and at each epoch end the ``DivergenceGuard`` checks the global loss and the
   weights: the job stops on every rank together, or (``--on-divergence rollback``) every rank
   reloads the last sound checkpoint and goes on with a lower LR; stop signals are agreed after
-  every step (``common.preemption``) and the stall watchdog runs beside it all
+  every step, or every few short ones (``common.preemption``), and the stall watchdog runs beside it all
   (``common.watchdog``).
 
 Elastic mode (``fit(..., elastic=ElasticConfig(...))``) runs the same loop under Horovod's
@@ -117,6 +117,7 @@ class Trainer:
         self.schedule = LRSchedule.from_config(self.cfg, self.rt.size, self.n_steps,
                                                b.adasum_local_size)
         self.checkpoints.steps_per_epoch = self.n_steps
+        self.signals.reset()  # every rank of the new world agrees on signals at the next step
         if getattr(self, "out", None) is not None:
             self.out.close()  # rank 0 may be another process now
         self.out = Reporter(self.rt.is_root, self.cfg.output, b.scalar_writer)
@@ -149,6 +150,7 @@ class Trainer:
         and continue from it."""
         resume: Resume = self.checkpoints.restore(max_step)
         self.epoch, self.step, self.checkpoint = resume.epoch, resume.step, resume.checkpoint
+        self.signals.reset()
         self.checked_step = self.step
         self.start = (self.step - self.epoch * self.n_steps) * self.step_samples
         self.epoch_sums = None
@@ -258,11 +260,12 @@ class Trainer:
                        world_size=self.rt.size, elapsed=elapsed, checkpoint=saved)
 
     def stop_if_signalled(self, partial: Callable[[], MetricSums]) -> None:
-        """A collective after every step: if any rank got a stop signal, every rank saves this
+        """After every step, and a collective when the signal watch says one is due (every step,
+        or every few short ones): if any rank got a stop signal, every rank saves this
         step (``partial()``: this rank's sums of the epoch so far) and raises Preempted."""
-        if not self.signals.signals:
+        if not self.signals.due(self.step):
             return
-        why = self.signals.agreed(self.backend.allreduce_sum, self.rt.rank)
+        why = self.signals.agreed(self.backend.allreduce_sum, self.rt.rank, self.step)
         if why is None:
             return
         saved = self.checkpoints.save(self.epoch, self.step, partial(),

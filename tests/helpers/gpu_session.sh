@@ -26,7 +26,8 @@ python -m pytest -v -ra -p no:cacheprovider tests/test_gpu.py tests/test_recipes
 tail -n 5 "$out/pytest.txt"
 for amp in "" --amp; do
   for bs in 64 128; do
-    python tests/helpers/plain_torch_benchmark.py --batch-size $bs $amp --num-iters 10 --num-warmup-batches 20 | tee -a "$out/bench.jsonl"
+    python -m benchmarks.torch_baseline --model resnet50 --batch-size $bs $amp --num-iters 10 --num-warmup-batches 20 \
+      --metrics-file "$out/bench.jsonl" | tail -n 1
     horovodrun -np 1 -H localhost:1 --gloo python recipes/pytorch/synthetic_benchmark.py --batch-size $bs $amp --num-iters 10 --num-warmup-batches 20 \
       --metrics-file "$out/recipe-bench.jsonl" | tail -n 1
   done

@@ -1,0 +1,93 @@
+"""Count how often training reads a tensor back to the host (a device sync on a GPU).
+
+Usage: python tests/helpers/host_reads.py {torch|tf} MAX_STEPS [--sync-every-step]
+
+Runs the framework's MNIST recipe in this process (one worker, one epoch, at most MAX_STEPS
+steps) and counts every tensor-to-host conversion, in the backend's train steps and in the whole
+run, then prints the counts as JSON. PyTorch: a TorchFunctionMode sees .item(), .tolist(),
+.numpy(), .cpu() and bool/float/int of a tensor. TensorFlow: every eager tensor's value is read through
+``_EagerTensorBase._numpy`` (.numpy(), float(), bool(), np.asarray), which is counted.
+``--sync-every-step`` adds one such read to every train step: what the count must catch.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+
+FLAGS = ["--epochs", "1", "--batch-size", "8", "--stall-timeout", "0", "--no-progress",
+         "--checkpoint-dir", "", "--metrics-file", ""]  # nothing saved, nothing resumed
+reads: collections.Counter = collections.Counter()
+inside_step = [False]
+
+
+def count(name: str) -> None:
+    reads[name] += 1
+    if inside_step[0]:
+        reads["in_train_step"] += 1
+
+
+def watch_steps(backend_class, read=None) -> None:
+    """Count reads made inside ``backend_class.train_step``; ``read(counters)``: add one."""
+    step = backend_class.train_step
+
+    def watched(self, batch):
+        inside_step[0] = True
+        try:
+            counters = step(self, batch)
+            if read is not None:
+                read(counters)
+            return counters
+        finally:
+            inside_step[0] = False
+
+    backend_class.train_step = watched
+
+
+def run_torch(steps: int, sync: bool) -> None:
+    from torch.overrides import TorchFunctionMode
+
+    from common.torch_backend import TorchBackend
+    from recipes.pytorch import mnist
+
+    names = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__",
+             "__array__"}
+
+    class CountHostReads(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            if name in names:
+                count(name)
+            return func(*args, **(kwargs or {}))
+
+    watch_steps(TorchBackend, (lambda c: c[0].item()) if sync else None)
+    with CountHostReads():
+        mnist.main([*FLAGS, "--max-steps", str(steps)])
+
+
+def run_tf(steps: int, sync: bool) -> None:
+    from tensorflow.python.framework import ops
+
+    from common.tf_backend import TFBackend
+    from recipes.tensorflow import mnist
+
+    read = ops._EagerTensorBase._numpy
+
+    def counted(self):
+        count("_numpy")
+        return read(self)
+
+    ops._EagerTensorBase._numpy = counted
+    watch_steps(TFBackend, (lambda c: c.numpy()) if sync else None)
+    mnist.main([*FLAGS, "--max-steps", str(steps)])
+
+
+def main() -> None:
+    framework, steps, sync = sys.argv[1], int(sys.argv[2]), "--sync-every-step" in sys.argv
+    (run_torch if framework == "torch" else run_tf)(steps, sync)
+    print(json.dumps({"steps": steps, "reads": dict(reads)}))
+
+
+if __name__ == "__main__":
+    main()

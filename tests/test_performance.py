@@ -1,0 +1,133 @@
+"""Fast by default: the runtime settings the core chooses, no per-step host reads, TF --amp, the bench."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import yaml
+from conftest import BIN, HANG_GUARD_S, HELPERS, MNIST, ROOT, horovodrun, job_env, mpirun
+
+from common.runtime import apply_runtime_settings, launched_local_size, runtime_settings
+
+
+def test_settings_follow_the_host_and_the_controller():
+    # A CPU host under MPI: ranks waiting in MPI yield their core; the cycle time stays Horovod's.
+    assert runtime_settings(local_size=2, cores=2, on_gpu=False) == {"OMPI_MCA_mpi_yield_when_idle": "1"}
+    assert runtime_settings(local_size=1, cores=16, on_gpu=False) == {"OMPI_MCA_mpi_yield_when_idle": "1"}
+    # Under Gloo there is no MPI; a CPU host negotiates less often than Horovod's default 1 ms.
+    gloo = runtime_settings(local_size=2, cores=2, on_gpu=False, controller="gloo")
+    assert list(gloo) == ["HOROVOD_CYCLE_TIME"] and float(gloo["HOROVOD_CYCLE_TIME"]) > 1
+    # GPU hosts keep Horovod's cycle time (a step is short there); under MPI they yield only when
+    # every core has a worker.
+    assert runtime_settings(local_size=8, cores=64, on_gpu=True) == {}
+    assert runtime_settings(local_size=8, cores=8, on_gpu=True) == {"OMPI_MCA_mpi_yield_when_idle": "1"}
+    assert runtime_settings(local_size=8, cores=8, on_gpu=True, controller="gloo") == {}
+
+
+def test_a_value_in_the_environment_always_wins():
+    env = {"HOROVOD_CYCLE_TIME": "3.5"}
+    used = apply_runtime_settings({"HOROVOD_CYCLE_TIME": "10", "OMPI_MCA_mpi_yield_when_idle": "1"}, env)
+    assert env == {"HOROVOD_CYCLE_TIME": "3.5", "OMPI_MCA_mpi_yield_when_idle": "1"}
+    assert used == {"HOROVOD_CYCLE_TIME": "3.5 (environment)", "OMPI_MCA_mpi_yield_when_idle": "1 (core)"}
+
+
+def test_local_size_comes_from_the_launcher():
+    assert launched_local_size({}) == 1
+    assert launched_local_size({"HOROVOD_LOCAL_SIZE": "4"}) == 4  # horovodrun
+    assert launched_local_size({"OMPI_COMM_WORLD_LOCAL_SIZE": "3"}) == 3  # Open MPI's mpirun
+    assert launched_local_size({"MPI_LOCALNRANKS": "2", "HOROVOD_LOCAL_SIZE": "x"}) == 2  # MPICH
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("launch", ["horovodrun --gloo", "mpirun"])
+def test_a_launch_shows_and_saves_the_settings_it_ran_with(tmp_path, launch, monkeypatch):
+    monkeypatch.delenv("OMPI_MCA_mpi_yield_when_idle", raising=False)
+    monkeypatch.delenv("HOROVOD_CYCLE_TIME", raising=False)
+    args = [MNIST, "--epochs", "1", "--max-steps", "2", "--checkpoint-dir", tmp_path / "ckpt"]
+    if launch == "mpirun":
+        monkeypatch.setenv("OMPI_MCA_mpi_yield_when_idle", "0")  # the user's: kept, and said so
+        proc = mpirun(2, args, cwd=tmp_path, extra=["-x", "OMPI_MCA_mpi_yield_when_idle"])
+        expected = {"OMPI_MCA_mpi_yield_when_idle": "0 (environment)"}
+    else:
+        proc = horovodrun(2, args, cwd=tmp_path)
+        expected = {"HOROVOD_CYCLE_TIME": "5 (core)"}
+    lines = [ln for ln in proc.stdout.splitlines() if "runtime settings:" in ln]
+    assert len(lines) == 1 and lines[0].endswith(
+        "runtime settings: " + ", ".join(f"{k}={v}" for k, v in expected.items())), lines
+    saved = yaml.safe_load((tmp_path / "ckpt" / "config.yaml").read_text())
+    assert saved["runtime_settings"] == expected
+
+
+def host_reads(framework: str, steps: int, *extra: str) -> tuple[int, int]:
+    """(reads inside train steps, reads in the whole run) of a one-worker MNIST run."""
+    proc = subprocess.run([str(BIN / "python"), str(HELPERS / "host_reads.py"), framework, str(steps),
+                           *extra], cwd=ROOT, env=job_env(), capture_output=True, text=True,
+                          timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["steps"] == steps
+    reads = result["reads"]
+    return reads.pop("in_train_step", 0), sum(reads.values())
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_train_steps_read_nothing_back_to_the_host(framework):
+    """The train step keeps its counters on the device: no read inside it, and a run's reads do
+    not grow with its steps (the epoch's end reads the counters; stop signals are agreed every
+    few short steps, not each). A read per step would show in both."""
+    in_steps, few = host_reads(framework, 4)
+    in_steps_many, many = host_reads(framework, 40)
+    assert in_steps == in_steps_many == 0
+    assert many - few < 40 // 2, (few, many)
+    in_steps_sync, many_sync = host_reads(framework, 40, "--sync-every-step")
+    assert in_steps_sync == 40 and many_sync >= many + 40
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_tf_mixed_precision_trains_with_fp32_weights(policy):
+    """What --amp picks on a GPU, forced on this CPU: fp32 weights, low-precision compute, loss
+    scaling for fp16 only, and the loss goes down."""
+    proc = subprocess.run([str(BIN / "python"), str(HELPERS / "tf_mixed_precision.py"), policy, "30"],
+                          cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["weight_dtypes"] == ["float32"] and r["compute_dtype"] == policy.split("_")[1]
+    assert (r["optimizer"] == "LossScaleOptimizer") == (policy == "mixed_float16")
+    first, last = sum(r["losses"][:5]) / 5, sum(r["losses"][-5:]) / 5
+    assert last < 0.8 * first, r["losses"]
+    assert r["notices"] == []
+
+
+@pytest.mark.multiprocess
+def test_tf_amp_on_cpu_is_a_notice(tmp_path):
+    proc = horovodrun(1, [ROOT / "recipes" / "tensorflow" / "mnist.py", "--epochs", "1", "--max-steps", "2",
+                          "--amp"], cwd=tmp_path)
+    assert "note: --amp ignored: no GPU, training in fp32" in proc.stdout
+
+
+@pytest.mark.multiprocess
+def test_bench_runs_every_row_and_writes_them(tmp_path):
+    """`make bench` with tiny settings: every row measured, the table, JSON and chart written."""
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [str(BIN / "python"), "-m", "benchmarks.bench", "--np", "2", "--model", "resnet18",
+         "--tf-model", "MobileNetV2", "--image-size", "32", "--batch-size", "2", "--warmup", "1",
+         "--iters", "2", "--batches-per-iter", "1", "--cifar-steps", "3", "--cifar-batch-size", "4",
+         "--rounds", "1", "--out", str(out)],
+        cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    result = json.loads((out / "bench.json").read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(rows) == {
+        "ceiling: plain PyTorch x N side by side", "horovodrun (default)", "horovodrun --gloo",
+        "mpirun", "torchrun DDP (gloo)", "ceiling: plain TensorFlow x N side by side",
+        "horovodrun TensorFlow (default)", "CIFAR recipe, np=1", "CIFAR recipe, np=N"}
+    assert all(r["rate"] > 0 and len(r["rounds"]) == 1 and not r["error"] for r in rows.values())
+    for name in ("horovodrun (default)", "horovodrun --gloo", "mpirun"):
+        assert rows[name]["of_ceiling"] > 0 and rows[name]["vs_ddp"] > 0
+    assert rows["horovodrun TensorFlow (default)"]["of_ceiling"] > 0
+    assert rows["CIFAR recipe, np=N"]["scaling_efficiency"] > 0
+    assert result["fastest"] in rows and (out / "bench.png").stat().st_size > 1000
+    assert "| horovodrun (default) |" in proc.stdout
