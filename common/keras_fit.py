@@ -50,6 +50,9 @@ class TrainerCallback(keras.callbacks.Callback):
         self.trainer, self.on_step = trainer, on_step
         self.passes = trainer.cfg.gradients.batches_per_allreduce
         self.batches = 0
+        # Keras hands the batch logs over as tensors instead of reading them back every batch;
+        # they are read only when needed (the first batch, a stop, the epoch's end).
+        self._supports_tf_logs = True
 
     def on_epoch_begin(self, epoch, logs=None):
         self.clock, self.batches = Throughput(), 0
@@ -63,7 +66,7 @@ class TrainerCallback(keras.callbacks.Callback):
         self.batches += 1
         t = self.trainer
         if t.guard.reference is None and logs and "loss" in logs:  # once per run, on every rank
-            t.guard.reference = float(t.backend.allreduce_sum(np.array([logs["loss"]]))[0]
+            t.guard.reference = float(t.backend.allreduce_sum(np.array([float(logs["loss"])]))[0]
                                       / t.rt.size)
         if self.batches % self.passes:
             return
@@ -80,8 +83,8 @@ class TrainerCallback(keras.callbacks.Callback):
         """This rank's sums of the epoch so far: Keras logs are its means over its samples."""
         logs, seen = logs or {}, self.batches * self.trainer.cfg.run.batch_size
         return MetricSums(self.trainer.backend.train_layout,
-                          [logs.get("loss", float("nan")) * seen, seen,
-                           logs.get("accuracy", float("nan")) * seen])
+                          [float(logs.get("loss", float("nan"))) * seen, seen,
+                           float(logs.get("accuracy", float("nan"))) * seen])
 
     def on_epoch_end(self, epoch, logs=None):
         t = self.trainer

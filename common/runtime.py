@@ -46,8 +46,10 @@ class Runtime:
         return self.rank == 0
 
 
-# Each setting's value and who chose it ("environment" or "core"), once init_horovod has run.
+# Each setting's value and who chose it ("environment", "core" or the flag), once init_horovod
+# has run: the environment settings of runtime_settings, and the worker's CPU threads.
 SETTINGS: dict[str, str] = {}
+_chosen = False
 
 # Horovod's cycle time (ms) under Gloo on CPU-only hosts: its background thread negotiates once
 # per cycle, over TCP under Gloo, and the default of 1 ms wakes it 1,000 times a second on cores
@@ -117,7 +119,9 @@ def _gpu_visible() -> bool:
 def choose_runtime_settings() -> dict[str, str]:
     """Apply :func:`runtime_settings` for this host once, before MPI starts (Open MPI reads its
     settings when it initialises: in mpi4py's import or in hvd.init); return :data:`SETTINGS`."""
-    if not SETTINGS:
+    global _chosen
+    if not _chosen:
+        _chosen = True
         SETTINGS.update(apply_runtime_settings(
             runtime_settings(launched_local_size(os.environ), _cores(), _gpu_visible(),
                              os.environ.get("HOROVOD_CONTROLLER", "mpi"))))
@@ -171,6 +175,14 @@ def threads_per_worker(local_size: int, requested: int | None = None) -> int:
     if requested:
         return requested
     return max(1, _cores() // max(local_size, 1))
+
+
+def worker_threads(local_size: int, requested: int | None = None) -> int:
+    """:func:`threads_per_worker` for this process's framework, recorded in :data:`SETTINGS`."""
+    threads = threads_per_worker(local_size, requested)
+    SETTINGS["threads_per_worker"] = (f"{threads} (--threads-per-worker)" if requested else
+                                      f"{threads} (core: {_cores()} cores / {local_size} worker(s))")
+    return threads
 
 
 @functools.cache

@@ -40,7 +40,7 @@ from common.runtime import (  # noqa: E402
     init_horovod,
     require_adasum_support,
     seed_host_rngs,
-    threads_per_worker,
+    worker_threads,
 )
 from common.watchdog import beat  # noqa: E402
 
@@ -60,7 +60,7 @@ def init(cfg: TrainConfig, comm=None) -> Runtime:
     policy = mixed_precision_policy(cfg.run.amp, gpus)
     if policy:  # before the recipe builds its model: Keras layers take the policy then
         tf.keras.mixed_precision.set_global_policy(policy)
-    threads = threads_per_worker(rt.local_size, cfg.run.threads_per_worker)
+    threads = worker_threads(rt.local_size, cfg.run.threads_per_worker)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)

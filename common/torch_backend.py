@@ -27,7 +27,7 @@ from common.runtime import (
     init_horovod,
     require_adasum_support,
     seed_host_rngs,
-    threads_per_worker,
+    worker_threads,
 )
 from common.torch_data import sharded_loader
 from common.watchdog import beat
@@ -43,7 +43,7 @@ def seed_everything(seed: int) -> None:
 def init(cfg: TrainConfig, comm=None) -> Runtime:
     """Initialise Horovod, pin threads and device for this rank, seed every RNG from the seed."""
     rt = init_horovod(hvd, comm, cfg.run.mpi_groups)
-    torch.set_num_threads(threads_per_worker(rt.local_size, cfg.run.threads_per_worker))
+    torch.set_num_threads(worker_threads(rt.local_size, cfg.run.threads_per_worker))
     device = "cpu"
     if torch.cuda.is_available():
         # One GPU per rank: GPU local_rank, or the task's own GPU when the scheduler shows each

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -51,8 +52,11 @@ def test_a_launch_shows_and_saves_the_settings_it_ran_with(tmp_path, launch, mon
         proc = mpirun(2, args, cwd=tmp_path, extra=["-x", "OMPI_MCA_mpi_yield_when_idle"])
         expected = {"OMPI_MCA_mpi_yield_when_idle": "0 (environment)"}
     else:
-        proc = horovodrun(2, args, cwd=tmp_path)
+        proc = horovodrun(2, [*args, "--threads-per-worker", "1"], cwd=tmp_path)
         expected = {"HOROVOD_CYCLE_TIME": "5 (core)"}
+    cores = len(os.sched_getaffinity(0))
+    expected["threads_per_worker"] = ("1 (--threads-per-worker)" if launch != "mpirun" else
+                                      f"{max(cores // 2, 1)} (core: {cores} cores / 2 worker(s))")
     lines = [ln for ln in proc.stdout.splitlines() if "runtime settings:" in ln]
     assert len(lines) == 1 and lines[0].endswith(
         "runtime settings: " + ", ".join(f"{k}={v}" for k, v in expected.items())), lines

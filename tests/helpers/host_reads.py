@@ -1,12 +1,13 @@
 """Count how often training reads a tensor back to the host (a device sync on a GPU).
 
-Usage: python tests/helpers/host_reads.py {torch|tf} MAX_STEPS [--sync-every-step]
+Usage: python tests/helpers/host_reads.py {torch|tf|keras} MAX_STEPS [--sync-every-step]
 
-Runs the framework's MNIST recipe in this process (one worker, one epoch, at most MAX_STEPS
-steps) and counts every tensor-to-host conversion, in the backend's train steps and in the whole
-run, then prints the counts as JSON. PyTorch: a TorchFunctionMode sees .item(), .tolist(),
-.numpy(), .cpu() and bool/float/int of a tensor. TensorFlow: every eager tensor's value is read through
-``_EagerTensorBase._numpy`` (.numpy(), float(), bool(), np.asarray), which is counted.
+Runs the framework's MNIST recipe (keras: the model.fit one) in this process (one worker, one
+epoch, at most MAX_STEPS steps) and counts every tensor-to-host conversion, in the train steps
+and in the whole run, then prints the counts as JSON. PyTorch: a TorchFunctionMode sees .item(),
+.tolist(), .numpy(), .cpu() and bool/float/int of a tensor. TensorFlow: every eager tensor's
+value is read through ``_EagerTensorBase._numpy`` (.numpy(), float(), bool(), np.asarray),
+which is counted.
 ``--sync-every-step`` adds one such read to every train step: what the count must catch.
 """
 
@@ -66,11 +67,19 @@ def run_torch(steps: int, sync: bool) -> None:
         mnist.main([*FLAGS, "--max-steps", str(steps)])
 
 
-def run_tf(steps: int, sync: bool) -> None:
+def run_tf(steps: int, sync: bool, keras: bool = False) -> None:
+    if keras:
+        import os
+
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"  # as recipes/tensorflow/keras_mnist.py runs
     from tensorflow.python.framework import ops
 
     from common.tf_backend import TFBackend
-    from recipes.tensorflow import mnist
+
+    if keras:
+        from recipes.tensorflow import keras_mnist as mnist
+    else:
+        from recipes.tensorflow import mnist
 
     read = ops._EagerTensorBase._numpy
 
@@ -79,13 +88,40 @@ def run_tf(steps: int, sync: bool) -> None:
         return read(self)
 
     ops._EagerTensorBase._numpy = counted
-    watch_steps(TFBackend, (lambda c: c.numpy()) if sync else None)
+    if keras:
+        watch_keras_batches(mnist, steps if sync else 0)
+    else:
+        watch_steps(TFBackend, (lambda c: c.numpy()) if sync else None)
     mnist.main([*FLAGS, "--max-steps", str(steps)])
+
+
+def watch_keras_batches(recipe, sync: int) -> None:
+    """Count reads made inside ``model.fit``'s batches (between the callback's batch begin and
+    end, Keras's own work included); ``sync``: read the batch's loss in each."""
+    from common import keras_fit
+
+    callback = keras_fit.TrainerCallback
+    begin, end = callback.on_train_batch_begin, callback.on_train_batch_end
+
+    def on_begin(self, batch, logs=None):
+        begin(self, batch, logs)
+        inside_step[0] = True
+
+    def on_end(self, batch, logs=None):
+        if sync and logs:
+            float(logs["loss"])
+        inside_step[0] = False
+        end(self, batch, logs)
+
+    callback.on_train_batch_begin, callback.on_train_batch_end = on_begin, on_end
 
 
 def main() -> None:
     framework, steps, sync = sys.argv[1], int(sys.argv[2]), "--sync-every-step" in sys.argv
-    (run_torch if framework == "torch" else run_tf)(steps, sync)
+    if framework == "torch":
+        run_torch(steps, sync)
+    else:
+        run_tf(steps, sync, keras=framework == "keras")
     print(json.dumps({"steps": steps, "reads": dict(reads)}))
 
 
