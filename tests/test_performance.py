@@ -76,7 +76,7 @@ def host_reads(framework: str, steps: int, *extra: str) -> tuple[int, int]:
     return reads.pop("in_train_step", 0), sum(reads.values())
 
 
-@pytest.mark.parametrize("framework", ["torch", "tf"])
+@pytest.mark.parametrize("framework", ["torch", "tf", "keras"])
 def test_train_steps_read_nothing_back_to_the_host(framework):
     """The train step keeps its counters on the device: no read inside it, and a run's reads do
     not grow with its steps (the epoch's end reads the counters; stop signals are agreed every
@@ -84,7 +84,8 @@ def test_train_steps_read_nothing_back_to_the_host(framework):
     in_steps, few = host_reads(framework, 4)
     in_steps_many, many = host_reads(framework, 40)
     assert in_steps == in_steps_many == 0
-    assert many - few < 40 // 2, (few, many)
+    if framework != "keras":  # tf-keras's fit itself reads its steps_per_execution every step
+        assert many - few < 40 // 2, (few, many)
     in_steps_sync, many_sync = host_reads(framework, 40, "--sync-every-step")
     assert in_steps_sync == 40 and many_sync >= many + 40
 
