@@ -26,7 +26,7 @@ check-build: setup
 doctor: setup
 	python -m common.doctor
 
-# Every launch side by side with its ceiling and a torch DDP baseline (about 25 minutes; not
+# Every launch side by side with its ceiling and a torch DDP baseline (about 15 minutes; not
 # part of `make test`). Flags: make bench BENCH_ARGS="--np 2 --rounds 3".
 bench: setup
 	python -m benchmarks.bench $(BENCH_ARGS)

@@ -167,6 +167,10 @@ def summarise(rows: list[Row], n: int) -> list[dict]:
     return out
 
 
+def _label(name: str, n: int) -> str:
+    return name.replace("x N", f"x {n}").replace("np=N", f"np={n}")
+
+
 def table(summary: list[dict], n: int) -> str:
     def pct(v):
         return f"{100 * v:.0f}%" if v is not None else ""
@@ -174,7 +178,7 @@ def table(summary: list[dict], n: int) -> str:
     lines = ["| run | samples/s (median) | rounds | of ceiling | vs DDP | scaling efficiency |",
              "|---|---|---|---|---|---|"]
     for d in summary:
-        name = d["name"].replace("x N", f"x {n}").replace("np=N", f"np={n}")
+        name = _label(d["name"], n)
         rate = f"{d['rate']:.1f}" if d["rate"] else f"failed: {d['error']}"
         rounds = ", ".join(f"{v:.1f}" for v in d["rounds"])
         vs = f"{d['vs_ddp']:.2f}x" if "vs_ddp" in d else ""
@@ -183,7 +187,7 @@ def table(summary: list[dict], n: int) -> str:
     return "\n".join(lines)
 
 
-def chart(summary: list[dict], path: Path, title: str) -> None:
+def chart(summary: list[dict], n: int, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,7 +199,7 @@ def chart(summary: list[dict], path: Path, title: str) -> None:
         rows = [d for d in summary if d["group"] == g]
         ax.bar(range(len(rows)), [d["rate"] or 0 for d in rows],
                color=["0.6" if d["name"].startswith(("ceiling", "torchrun")) else "C0" for d in rows])
-        ax.set_xticks(range(len(rows)), [d["name"].split(":")[0] for d in rows], rotation=30,
+        ax.set_xticks(range(len(rows)), [_label(d["name"], n).split(":")[0] for d in rows], rotation=30,
                      ha="right", fontsize=8)
         ax.set_ylabel("samples/s (all workers)")
         ax.set_title(g)
@@ -278,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
               "user_settings": user_tuning, "seconds": round(time.monotonic() - t0),
               "fastest": fastest, "rows": summary}
     (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
-    chart(summary, out / "bench.png", title)
+    chart(summary, a.np, out / "bench.png", title)
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
     return 1 if any(d["error"] for d in summary) else 0
 
