@@ -87,7 +87,8 @@ def test_train_steps_read_nothing_back_to_the_host(framework):
     if framework != "keras":  # tf-keras's fit itself reads its steps_per_execution every step
         assert many - few < 40 // 2, (few, many)
     in_steps_sync, many_sync = host_reads(framework, 40, "--sync-every-step")
-    assert in_steps_sync == 40 and many_sync >= many + 40
+    # Stop-signal agreements are timed (about four a second), so two runs may differ by one or two.
+    assert in_steps_sync == 40 and many_sync >= many + 40 - 3, (many, many_sync)
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
