@@ -25,8 +25,10 @@ chart to ``--out``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +36,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common.runtime import cpu_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -57,15 +61,11 @@ class Row:
         return statistics.median(self.rates) if self.rates else None
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0))
-
-
 def _mpirun(n: int) -> list[str]:
     cmd = ["mpirun", "-np", str(n)]
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
-    if n > _cores():
+    if n > cpu_cores():
         cmd.append("--oversubscribe")
     return cmd
 
@@ -115,15 +115,17 @@ def run_row(row: Row, env: dict[str, str], timeout: float, work: Path) -> None:
     for cmd, path in zip(row.commands, files, strict=True):
         path.unlink(missing_ok=True)
         procs.append(subprocess.Popen([*cmd, "--metrics-file", str(path)], cwd=ROOT, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      start_new_session=True))
     outputs = []
     deadline = time.monotonic() + timeout
     for p in procs:
         try:
             outputs.append(p.communicate(timeout=max(deadline - time.monotonic(), 1))[0])
         except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
+            for q in procs:  # the launcher and every worker it started
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(q.pid, signal.SIGKILL)
             row.error = f"timed out after {timeout:.0f} s"
             return
     total = 0.0
@@ -236,7 +238,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.np < 1 or a.rounds < 1 or a.iters < 1 or a.batches_per_iter < 1 or a.cifar_steps < 1:
         p.error("--np, --rounds, --iters, --batches-per-iter and --cifar-steps must be >= 1")
-    a.threads = a.threads or max(1, _cores() // a.np)
+    a.threads = a.threads or max(1, cpu_cores() // a.np)
     return a
 
 
@@ -258,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
             write_cifar10(data_dir, per_batch, 1000)
         print(f"bench: {len(rows)} runs x {a.rounds} round(s), N={a.np}, {a.threads} thread(s) "
-              f"per worker, {_cores()} cores"
+              f"per worker, {cpu_cores()} cores"
               + (f"; your settings: {user_tuning}" if user_tuning else ""), flush=True)
         t0 = time.monotonic()
         for k in range(a.rounds):
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{title}\n\n{text}\n")
     if fastest:
         print(f"fastest PyTorch launch at N={a.np}: {fastest}")
-    result = {"date": time.strftime("%Y-%m-%d"), "settings": vars(a), "cores": _cores(),
+    result = {"date": time.strftime("%Y-%m-%d"), "settings": vars(a), "cores": cpu_cores(),
               "user_settings": user_tuning, "seconds": round(time.monotonic() - t0),
               "fastest": fastest, "rows": summary}
     (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")

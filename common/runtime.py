@@ -53,11 +53,12 @@ _chosen = False
 
 # Horovod's cycle time (ms) under Gloo on CPU-only hosts: its background thread negotiates once
 # per cycle, over TCP under Gloo, and the default of 1 ms wakes it 1,000 times a second on cores
-# the workers' compute threads fill (README, "Fast by default", has what it was measured to do).
+# the workers' compute threads fill (README, "Performance", has what it was measured to do).
 GLOO_CPU_CYCLE_TIME_MS = "5"
 
 
-def _cores() -> int:
+def cpu_cores() -> int:
+    """The cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -123,7 +124,7 @@ def choose_runtime_settings() -> dict[str, str]:
     if not _chosen:
         _chosen = True
         SETTINGS.update(apply_runtime_settings(
-            runtime_settings(launched_local_size(os.environ), _cores(), _gpu_visible(),
+            runtime_settings(launched_local_size(os.environ), cpu_cores(), _gpu_visible(),
                              os.environ.get("HOROVOD_CONTROLLER", "mpi"))))
     return SETTINGS
 
@@ -174,14 +175,14 @@ def threads_per_worker(local_size: int, requested: int | None = None) -> int:
     """CPU threads for one worker: the request, or this machine's cores split over local workers."""
     if requested:
         return requested
-    return max(1, _cores() // max(local_size, 1))
+    return max(1, cpu_cores() // max(local_size, 1))
 
 
 def worker_threads(local_size: int, requested: int | None = None) -> int:
     """:func:`threads_per_worker` for this process's framework, recorded in :data:`SETTINGS`."""
     threads = threads_per_worker(local_size, requested)
     SETTINGS["threads_per_worker"] = (f"{threads} (--threads-per-worker)" if requested else
-                                      f"{threads} (core: {_cores()} cores / {local_size} worker(s))")
+                                      f"{threads} (core: {cpu_cores()} cores / {local_size} worker(s))")
     return threads
 
 
