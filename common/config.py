@@ -53,6 +53,8 @@ class RunConfig:
     amp: bool = False
     threads_per_worker: int | None = None
     mpi_groups: int = 1
+    folds: int | None = None
+    fold: int | None = None
     divergence_factor: float = 1000.0
     on_divergence: str = "stop"
     max_rollbacks: int = 3
@@ -87,6 +89,29 @@ class RunConfig:
             raise ConfigError("--data-workers must be >= 0")
         if self.data_dir is not None and not os.path.isdir(self.data_dir):
             raise ConfigError(f"--data-dir {self.data_dir!r} is not a directory")
+        self._validate_folds()
+
+    def _validate_folds(self) -> None:
+        """K-fold: ``--folds K`` with ``--fold I`` (one fold) or ``--mpi-groups K`` (every fold)."""
+        k, i = self.folds, self.fold
+        if k is None:
+            if i is not None:
+                raise ConfigError("--fold needs --folds K (the number of folds)")
+            return
+        if k < 2:
+            raise ConfigError(f"--folds must be at least 2 (K-fold cross-validation), got {k}")
+        if self.mpi_groups > 1:
+            if self.mpi_groups != k:
+                raise ConfigError(f"--folds {k} with --mpi-groups trains one fold per group: "
+                                  f"--mpi-groups must be {k}, got {self.mpi_groups}")
+            if i is not None:
+                raise ConfigError("--fold with --mpi-groups: each group trains its own fold; "
+                                  "drop --fold")
+        elif i is None:
+            raise ConfigError(f"--folds {k} needs --fold I (0..{k - 1}), or --mpi-groups {k} to "
+                              "train every fold at once")
+        if i is not None and not 0 <= i < k:
+            raise ConfigError(f"--fold must be in 0..{k - 1} for --folds {k}, got {i}")
 
 
 @dataclass(frozen=True)
@@ -215,31 +240,46 @@ class TrainConfig:
             getattr(self, part).validate()
 
     def for_group(self, index: int) -> TrainConfig:
-        """The config of MPI group ``index`` of ``mpi_groups``: seed + index, own output folders.
+        """The config of MPI group ``index`` of ``mpi_groups``: seed + index, outputs under
+        ``group<index>/`` (see :meth:`in_subfolder`); with ``--folds`` the group trains fold
+        ``index`` instead, with the same seed (:meth:`for_fold`)."""
+        if self.run.folds:
+            return self.for_fold(index)
+        return dataclasses.replace(
+            self, run=dataclasses.replace(self.run, seed=self.run.seed + index),
+        ).in_subfolder(f"group{index}")
 
-        Group k writes to <checkpoint-dir>/group<k>, <log-dir>/group<k> and
-        <metrics folder>/group<k>/<metrics file>, so groups never share a file.
-        """
+    def for_fold(self, fold: int) -> TrainConfig:
+        """The config of K-fold fold ``fold``: outputs under ``fold<fold>/``, so the folds of
+        one ``--mpi-groups K`` run and K separate ``--fold`` runs write the same files."""
+        return dataclasses.replace(
+            self, run=dataclasses.replace(self.run, fold=fold)).in_subfolder(f"fold{fold}")
+
+    def in_subfolder(self, name: str) -> TrainConfig:
+        """The same config writing to <checkpoint-dir>/<name>, <log-dir>/<name> and
+        <metrics folder>/<name>/<metrics file>, so that runs side by side never share a file."""
         def sub(path: str | None, is_file: bool = False) -> str | None:
             if path is None:
                 return None
             if is_file:
                 head, tail = os.path.split(path)
-                return os.path.join(head, f"group{index}", tail)
-            return os.path.join(path, f"group{index}")
+                return os.path.join(head, name, tail)
+            return os.path.join(path, name)
 
         return dataclasses.replace(
-            self, run=dataclasses.replace(self.run, seed=self.run.seed + index),
-            checkpoint=dataclasses.replace(self.checkpoint,
-                                           checkpoint_dir=sub(self.checkpoint.checkpoint_dir)),
+            self, checkpoint=dataclasses.replace(self.checkpoint,
+                                                 checkpoint_dir=sub(self.checkpoint.checkpoint_dir)),
             output=dataclasses.replace(self.output, log_dir=sub(self.output.log_dir),
                                        metrics_file=sub(self.output.metrics_file, is_file=True)))
 
     def as_dict(self) -> dict[str, Any]:
-        """Every flag's value by name, flat (as flags and YAML keys spell them)."""
+        """Every flag's value by name, flat (as flags and YAML keys spell them); the K-fold
+        flags only when set (recipes without ``--folds`` have no such flags)."""
         d = {k: v for part in _COMPONENTS for k, v in dataclasses.asdict(getattr(self, part)).items()}
         d["decay_epochs"] = list(self.schedule.decay_epochs)
         d["stop_signals"] = list(self.run.stop_signals)
+        if self.run.folds is None:
+            del d["folds"], d["fold"]
         return d
 
 
@@ -276,8 +316,10 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see --help)")
 
 
-def core_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
-    """A parser holding the core flags; ``defaults`` override TrainConfig's defaults per recipe."""
+def core_parser(description: str, kfold: bool = False, **defaults: Any) -> argparse.ArgumentParser:
+    """A parser holding the core flags; ``defaults`` override TrainConfig's defaults per recipe.
+
+    ``kfold``: the recipe's data supports ``--folds`` / ``--fold`` (``common.folds``)."""
     base = TrainConfig.from_flags(**defaults).as_dict()
     p = _OneLineErrorParser(
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -346,7 +388,14 @@ def core_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     h.add_argument("--mpi-groups", type=int, default=base["mpi_groups"],
                    help="under mpirun: split the processes into N independent trainings "
                         "(mpi4py sub-communicators); group k uses --seed + k and writes to "
-                        "group<k>/ folders")
+                        "group<k>/ folders (with --folds N: group k trains fold k)")
+    if kfold:
+        g.add_argument("--folds", type=int, default=None, metavar="K",
+                       help="K-fold cross-validation: split the training set into K folds, train "
+                            "on K-1 and validate on --fold I; outputs go to fold<I>/ folders")
+        g.add_argument("--fold", type=int, default=None, metavar="I",
+                       help="the fold (0..K-1) to validate on with --folds K; or give --mpi-groups "
+                            "K instead to train every fold at once and get a summary")
     o = p.add_argument_group("checkpoints and output")
     o.add_argument("--checkpoint-dir", default=base["checkpoint_dir"],
                    help="rank 0 writes checkpoints here and every run resumes from the newest")
@@ -376,12 +425,14 @@ def parse_config(
     if first.config:
         parser.set_defaults(**_read_yaml(first.config, parser))
     args = parser.parse_args(argv)
-    cfg = TrainConfig.from_flags(**{k: getattr(args, k) for k in _HOME})
+    cfg = TrainConfig.from_flags(**{k: getattr(args, k) for k in _HOME if hasattr(args, k)})
     cfg.validate()
     if cfg.run.mpi_groups > 1:
         from common.runtime import mpi_group
 
         cfg = cfg.for_group(mpi_group(cfg.run.mpi_groups)[0])
+    elif cfg.run.folds:
+        cfg = cfg.for_fold(cfg.run.fold)
     return cfg, args
 
 

@@ -136,9 +136,26 @@ def load_mnist_idx(data_dir: str):
     return tuple(out)
 
 
-def load_mnist_or_digits(data_dir: str | None):
-    """``--data-dir`` given: MNIST IDX files from it; otherwise the offline digits."""
-    return load_mnist_idx(data_dir) if data_dir else load_digits_split()
+def load_mnist_or_digits(data_dir: str | None, folds: int | None = None,
+                         fold: int | None = None):
+    """``--data-dir`` given: MNIST IDX files from it; otherwise the offline digits.
+
+    With ``folds`` (``--folds K --fold I``): the training set's fold I as validation and the
+    other folds as training (``common.folds``); the test set is not used."""
+    train, val = load_mnist_idx(data_dir) if data_dir else load_digits_split()
+    if folds:
+        return select_fold(train, folds, fold)
+    return train, val
+
+
+def select_fold(data: ImageDataset, folds: int, fold: int) -> tuple[ImageDataset, ImageDataset]:
+    """``data`` split into K-fold fold ``fold``'s (training, validation) sets."""
+    from common.folds import fold_indices
+
+    train, val = fold_indices(len(data), folds, fold)
+    name = f"{data.name} fold {fold} of {folds}"
+    return (ImageDataset(data.images[train], data.labels[train], f"{name}: train"),
+            ImageDataset(data.images[val], data.labels[val], f"{name}: val"))
 
 
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))

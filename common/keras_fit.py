@@ -20,6 +20,7 @@ import horovod.tensorflow.keras as hvd_keras
 import numpy as np
 
 from common.config import TrainConfig
+from common.folds import report_folds
 from common.metrics import MetricSums, Throughput
 from common.tf_backend import TFBackend, compression, shard_dataset, tf
 from common.trainer import ElasticConfig, Trainer
@@ -139,4 +140,6 @@ def fit(backend: TFBackend, cfg: TrainConfig, recipe: str,
 
             _restart_epoch(trainer)
             train_elastic(trainer, elastic.commit_steps, _fit_epochs)
-        return trainer.final()
+        record = trainer.final()
+    report_folds(cfg, record)  # --folds K --mpi-groups K: the summary of every fold
+    return record

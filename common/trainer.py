@@ -42,6 +42,7 @@ from common.checkpoint import CheckpointManager, Resume
 from common.config import ConfigError, TrainConfig
 from common.divergence import DivergenceGuard
 from common.failure import AgreedError, UserError, agree
+from common.folds import report_folds
 from common.metrics import MetricSums, Throughput
 from common.output import Reporter
 from common.preemption import Preempted, SignalWatch
@@ -362,4 +363,6 @@ def fit(backend: Backend, cfg: TrainConfig, recipe: str, recipe_args: dict[str, 
             from common.elastic import train_elastic
 
             train_elastic(trainer, elastic.commit_steps)
-        return trainer.final()
+        record = trainer.final()
+    report_folds(cfg, record)  # --folds K --mpi-groups K: the summary of every fold
+    return record

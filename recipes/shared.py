@@ -1,4 +1,4 @@
-"""Shared owns what several recipes have in common: the MNIST hyper-parameters and the default run folders.
+"""Shared owns what several recipes have in common: the MNIST hyper-parameters, parser and run folders.
 
 The MNIST recipes (PyTorch, TF custom loop, Keras, both elastic ones) share one set of
 hyper-parameters, so every framework trains the same run for the same flags. Each recipe's
@@ -22,6 +22,13 @@ RUN_FOLDERS = {
     "tensorflow/keras_mnist": "runs/keras_mnist",
     "tensorflow/elastic_keras_mnist": "runs/elastic_keras_mnist",
 }
+
+
+def mnist_parser(description: str, recipe: str):
+    """The core parser of an MNIST-family recipe: its hyper-parameters, folders and K-fold flags."""
+    from common.config import core_parser
+
+    return core_parser(description, kfold=True, **MNIST_DEFAULTS, **run_dirs(recipe))
 
 
 def run_dirs(recipe: str) -> dict[str, str]:

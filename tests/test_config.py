@@ -117,3 +117,49 @@ def test_flags_and_yaml_keys_map_one_to_one_onto_component_fields():
     parser = core_parser("test")
     dests = {a.dest for a in parser._actions} - {"help", "config"}
     assert dests == set(TrainConfig().as_dict())
+    parser = core_parser("test", kfold=True)  # the MNIST family's K-fold flags
+    dests = {a.dest for a in parser._actions} - {"help", "config"}
+    assert dests == set(TrainConfig.from_flags(folds=2, fold=0).as_dict())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(folds=1, fold=0), "--folds must be at least 2"),
+    (dict(fold=1), "--fold needs --folds K"),
+    (dict(folds=4), r"--folds 4 needs --fold I \(0..3\), or --mpi-groups 4"),
+    (dict(folds=4, fold=4), "--fold must be in 0..3 for --folds 4, got 4"),
+    (dict(folds=4, fold=-1), "--fold must be in 0..3 for --folds 4, got -1"),
+    (dict(folds=4, mpi_groups=2), "--mpi-groups must be 4, got 2"),
+    (dict(folds=2, fold=0, mpi_groups=2), "each group trains its own fold; drop --fold"),
+])
+def test_bad_fold_settings_are_one_line_errors(flags, message):
+    from common.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_flags(**flags).validate()
+
+
+def test_fold_configs_write_to_fold_folders_and_keep_the_seed():
+    from common.config import TrainConfig
+
+    cfg = TrainConfig.from_flags(seed=7, checkpoint_dir="runs/x/ckpt", folds=3, mpi_groups=3,
+                                 metrics_file="runs/x/metrics.jsonl", log_dir="runs/x/tb")
+    cfg.validate()
+    g2 = cfg.for_group(2)
+    alone = TrainConfig.from_flags(seed=7, checkpoint_dir="runs/x/ckpt", folds=3, fold=2,
+                                   metrics_file="runs/x/metrics.jsonl", log_dir="runs/x/tb")
+    alone.validate()
+    alone = alone.for_fold(2)
+    assert g2.run.seed == alone.run.seed == 7 and g2.run.fold == alone.run.fold == 2
+    for c in (g2, alone):
+        assert c.checkpoint.checkpoint_dir == "runs/x/ckpt/fold2"
+        assert c.output.metrics_file == "runs/x/fold2/metrics.jsonl"
+        assert c.output.log_dir == "runs/x/tb/fold2"
+
+
+def test_only_recipes_with_folds_take_the_flags():
+    from common.config import ConfigError, core_parser, parse_config
+
+    cfg, _ = parse_config(core_parser("t", kfold=True), ["--folds", "3", "--fold", "1"])
+    assert (cfg.run.folds, cfg.run.fold) == (3, 1)
+    with pytest.raises(ConfigError, match="unrecognized arguments: --folds"):
+        parse_config(core_parser("t"), ["--folds", "3", "--fold", "1"])

@@ -100,3 +100,51 @@ def test_reshuffled_each_epoch_same_on_every_rank():
     a0 = shard_indices(100, 0, 2, seed=1, epoch=0)
     assert not np.array_equal(a0, shard_indices(100, 0, 2, seed=1, epoch=1))
     np.testing.assert_array_equal(a0, shard_indices(100, 0, 2, seed=1, epoch=0))
+
+
+@given(n=st.integers(2, 400), folds=st.integers(2, 10))
+def test_folds_partition_the_data_exactly(n, folds):
+    from common.folds import fold_indices
+
+    if n < folds:
+        return
+    vals = []
+    for k in range(folds):
+        train, val = fold_indices(n, folds, k)
+        # train is exactly the complement of the val fold
+        assert sorted(np.concatenate([train, val]).tolist()) == list(range(n))
+        assert not set(train.tolist()) & set(val.tolist())
+        vals.append(val)
+    assert sorted(np.concatenate(vals).tolist()) == list(range(n))  # disjoint and covering
+    assert max(map(len, vals)) - min(map(len, vals)) <= 1
+
+
+def test_folds_do_not_depend_on_the_seed_or_global_rngs():
+    """Every rank, group and run cuts the same folds: nothing but (n, K, I) decides them."""
+    from common.folds import fold_indices
+
+    np.random.seed(1)
+    first = fold_indices(1000, 5, 3)
+    np.random.seed(2)
+    np.random.random(10)
+    again = fold_indices(1000, 5, 3)
+    assert all((a == b).all() for a, b in zip(first, again, strict=True))
+    assert not (fold_indices(1000, 5, 2)[1] == first[1]).all()
+
+
+def test_too_few_samples_for_the_folds_is_a_user_error():
+    from common.failure import UserError
+    from common.folds import fold_indices
+
+    with pytest.raises(UserError, match="--folds 5 needs at least 5 training samples"):
+        fold_indices(4, 5, 0)
+
+
+def test_select_fold_splits_the_training_set():
+    from common.data import select_fold
+
+    train, _ = load_digits_split()
+    fit_part, val_part = select_fold(train, 4, 1)
+    assert len(fit_part) + len(val_part) == len(train)
+    assert abs(len(val_part) - len(train) / 4) <= 1
+    assert "fold 1 of 4" in val_part.name

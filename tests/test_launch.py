@@ -67,6 +67,47 @@ def test_mpi_groups_are_independent_one_worker_trainings(tmp_path):
     assert max_abs_diff(g0, g1) > 1e-3  # different seeds, different models
 
 
+def test_k_fold_groups_equal_separate_fold_runs_and_summarize(tmp_path):
+    """`mpirun -np 3 --folds 3 --mpi-groups 3` trains fold k in group k: each fold's model
+    equals a separate `--fold k` run's, and world rank 0 writes the summary of all three."""
+    out, flags = outputs(tmp_path, "folds")
+    proc = mpirun(3, [MNIST, *SHORT, *flags, "--folds", "3", "--mpi-groups", "3"], cwd=tmp_path,
+                  extra=["--oversubscribe"])
+    assert proc.stdout.count("3-fold cross-validation: val accuracy") == 1
+    finals = [final_record(out / f"fold{k}" / "metrics.jsonl") for k in range(3)]
+    for k in range(3):
+        assert f"fold {k} of 3" in proc.stdout
+        alone, alone_flags = outputs(tmp_path, "alone")
+        subprocess.run([str(BIN / "python"), str(MNIST), *map(str, SHORT),
+                        *map(str, alone_flags), "--folds", "3", "--fold", str(k)],
+                       cwd=tmp_path, env=job_env(), check=True, capture_output=True)
+        single = final_record(alone / f"fold{k}" / "metrics.jsonl")
+        assert str(alone / "ckpt" / f"fold{k}") in single["checkpoint"]
+        grouped = load_checkpoint(finals[k]["checkpoint"])["model"]
+        assert max_abs_diff(grouped, load_checkpoint(single["checkpoint"])["model"]) < 1e-6, k
+        assert finals[k]["val_accuracy"] == pytest.approx(single["val_accuracy"], abs=1e-9)
+    summary = json.loads((out / "metrics.jsonl").read_text())
+    accs = [f["val_accuracy"] for f in finals]
+    assert summary["type"] == "folds" and summary["folds"] == 3
+    assert summary["val_accuracy"] == pytest.approx(accs)
+    assert summary["val_accuracy_mean"] == pytest.approx(sum(accs) / 3)
+    mean = sum(accs) / 3
+    assert summary["val_accuracy_std"] == pytest.approx((sum((a - mean) ** 2 for a in accs) / 3) ** 0.5)
+    assert len(set(accs)) > 1  # different validation folds, different results
+
+
+@pytest.mark.parametrize("recipe", ["mnist.py", "keras_mnist.py"])
+def test_tensorflow_recipes_validate_on_their_fold(tmp_path, recipe):
+    proc = subprocess.run([str(BIN / "python"), str(ROOT / "recipes" / "tensorflow" / recipe),
+                           *SHORT, "--max-steps", "3", "--folds", "3", "--fold", "2",
+                           "--checkpoint-dir", "", "--metrics-file", str(tmp_path / "m.jsonl")],
+                          cwd=tmp_path, env=job_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the digits' 1,438 training samples: folds of 480, 479, 479; fold 2 validates
+    assert "959 train / 479 val samples (digits-train fold 2 of 3: train)" in proc.stdout
+    assert (tmp_path / "fold2" / "m.jsonl").exists()
+
+
 def test_mpi_groups_without_mpi_launch_is_one_line_error(tmp_path):
     proc = horovodrun(2, [MNIST, *SHORT, "--mpi-groups", "2"], cwd=tmp_path, check=False)
     assert proc.returncode != 0

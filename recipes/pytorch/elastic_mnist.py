@@ -14,18 +14,18 @@ checkpoints, so a job stopped whole resumes from them.
 
 from __future__ import annotations
 
-from common.config import core_parser, parse_config
+from common.config import parse_config
 from common.failure import run_main
 from common.torch_backend import init
 from common.trainer import ElasticConfig, fit
 from recipes.pytorch.mnist import build
-from recipes.shared import MNIST_DEFAULTS, run_dirs
+from recipes.shared import mnist_parser
 
 RECIPE = "pytorch/elastic_mnist"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = core_parser(__doc__.splitlines()[0], **MNIST_DEFAULTS, **run_dirs(RECIPE))
+    parser = mnist_parser(__doc__.splitlines()[0], RECIPE)
     ElasticConfig.add_flags(parser)  # distributed: --commit-steps
     cfg, args = parse_config(parser, argv)
     elastic = ElasticConfig.from_args(args)  # distributed

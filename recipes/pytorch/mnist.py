@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.config import core_parser, parse_config
+from common.config import parse_config
 from common.data import load_mnist_or_digits
 from common.failure import run_main
 from common.torch_backend import TorchBackend, distributed_optimizer, init
 from common.trainer import fit
-from recipes.shared import MNIST_DEFAULTS, run_dirs
+from recipes.shared import mnist_parser
 
 RECIPE = "pytorch/mnist"
 
@@ -49,7 +49,7 @@ def as_tensors(ds) -> torch.utils.data.TensorDataset:
 
 def build(cfg, rt) -> tuple[TorchBackend, str]:
     """The CNN, its optimizer and the data, handed to the core as a backend (and a description)."""
-    train_set, val_set = load_mnist_or_digits(cfg.run.data_dir)
+    train_set, val_set = load_mnist_or_digits(cfg.run.data_dir, cfg.run.folds, cfg.run.fold)
     model = Net().to(rt.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.schedule.base_lr,
                                 momentum=cfg.optimizer.momentum,
@@ -61,7 +61,7 @@ def build(cfg, rt) -> tuple[TorchBackend, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = core_parser(__doc__.splitlines()[0], **MNIST_DEFAULTS, **run_dirs(RECIPE))
+    parser = mnist_parser(__doc__.splitlines()[0], RECIPE)
     cfg, args = parse_config(parser, argv)
     rt = init(cfg)  # distributed: hvd.init, threads and device per rank
     backend, describe = build(cfg, rt)

@@ -17,19 +17,19 @@ import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported
 
-from common.config import ConfigError, core_parser, parse_config  # noqa: E402
+from common.config import ConfigError, parse_config  # noqa: E402
 from common.failure import run_main  # noqa: E402
 from common.keras_fit import fit  # noqa: E402
 from common.tf_backend import init  # noqa: E402
 from common.trainer import ElasticConfig  # noqa: E402
-from recipes.shared import MNIST_DEFAULTS, run_dirs  # noqa: E402
+from recipes.shared import mnist_parser  # noqa: E402
 from recipes.tensorflow.keras_mnist import build  # noqa: E402
 
 RECIPE = "tensorflow/elastic_keras_mnist"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = core_parser(__doc__.splitlines()[0], **MNIST_DEFAULTS, **run_dirs(RECIPE))
+    parser = mnist_parser(__doc__.splitlines()[0], RECIPE)
     ElasticConfig.add_flags(parser)  # distributed: --commit-steps
     cfg, args = parse_config(parser, argv)
     elastic = ElasticConfig.from_args(args)  # distributed

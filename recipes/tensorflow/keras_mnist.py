@@ -15,12 +15,12 @@ import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported
 
-from common.config import core_parser, parse_config  # noqa: E402
+from common.config import parse_config  # noqa: E402
 from common.data import load_mnist_or_digits  # noqa: E402
 from common.failure import run_main  # noqa: E402
 from common.keras_fit import distributed_optimizer, fit  # noqa: E402
 from common.tf_backend import TFBackend, init, tf  # noqa: E402
-from recipes.shared import MNIST_DEFAULTS, run_dirs  # noqa: E402
+from recipes.shared import mnist_parser  # noqa: E402
 from recipes.tensorflow.mnist import build_model  # noqa: E402
 
 RECIPE = "tensorflow/keras_mnist"
@@ -28,7 +28,7 @@ RECIPE = "tensorflow/keras_mnist"
 
 def build(cfg, rt) -> tuple[TFBackend, str]:
     """The compiled CNN and the data, handed to the core as a backend (and a description)."""
-    train, val = load_mnist_or_digits(cfg.run.data_dir)
+    train, val = load_mnist_or_digits(cfg.run.data_dir, cfg.run.folds, cfg.run.fold)
     model = build_model(train.images.shape[1])
     optimizer = tf.keras.optimizers.SGD(cfg.schedule.base_lr, momentum=cfg.optimizer.momentum)
     optimizer = distributed_optimizer(optimizer, cfg)  # distributed
@@ -39,7 +39,7 @@ def build(cfg, rt) -> tuple[TFBackend, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = core_parser(__doc__.splitlines()[0], **MNIST_DEFAULTS, **run_dirs(RECIPE))
+    parser = mnist_parser(__doc__.splitlines()[0], RECIPE)
     cfg, args = parse_config(parser, argv)
     rt = init(cfg)  # distributed: hvd.init, threads and GPU per rank
     backend, describe = build(cfg, rt)

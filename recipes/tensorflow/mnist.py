@@ -12,12 +12,12 @@ optimizer is built, before the first step.
 
 from __future__ import annotations
 
-from common.config import core_parser, parse_config
+from common.config import parse_config
 from common.data import load_mnist_or_digits
 from common.failure import run_main
 from common.tf_backend import TFBackend, init, tf
 from common.trainer import fit
-from recipes.shared import MNIST_DEFAULTS, run_dirs
+from recipes.shared import mnist_parser
 
 RECIPE = "tensorflow/mnist"
 keras = tf.keras
@@ -37,11 +37,11 @@ def build_model(image_size: int):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = core_parser(__doc__.splitlines()[0], **MNIST_DEFAULTS, **run_dirs(RECIPE))
+    parser = mnist_parser(__doc__.splitlines()[0], RECIPE)
     cfg, args = parse_config(parser, argv)
     rt = init(cfg)  # distributed: hvd.init, threads and GPU per rank
 
-    train, val = load_mnist_or_digits(cfg.run.data_dir)
+    train, val = load_mnist_or_digits(cfg.run.data_dir, cfg.run.folds, cfg.run.fold)
     model = build_model(train.images.shape[1])
     optimizer = keras.optimizers.SGD(cfg.schedule.base_lr, momentum=cfg.optimizer.momentum,
                                      weight_decay=cfg.optimizer.weight_decay or None)
