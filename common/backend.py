@@ -159,22 +159,41 @@ class Backend(abc.ABC):
     adasum_local_size: int = 1
 
     # --- shared by every backend ---------------------------------------------------------------
+    # Whether this rank's samples count toward throughput: in a pipeline every stage of a replica
+    # steps through the same samples, and only one stage counts them.
+    counts_samples: bool = True
+
+    def data_parallel(self) -> tuple[int, int]:
+        """(this rank's replica, number of replicas): what shards the data and scales the LR.
+
+        In data parallelism every rank is a replica; the stages of a pipeline (model
+        parallelism, ``common.pipeline``) share their replica's shard."""
+        rt = self.runtime()
+        return rt.rank, rt.size
+
     def train_indices(self, seed: int, epoch: int, start: int) -> np.ndarray:
         """This rank's training sample indices of ``epoch`` from global position ``start``,
         cut to whole steps (see ``common.data.shard_indices``)."""
-        rt = self.runtime()
-        idx = shard_indices(self.n_train, rt.rank, rt.size, seed, epoch, start=start)
+        rank, size = self.data_parallel()
+        idx = shard_indices(self.n_train, rank, size, seed, epoch, start=start)
         return idx[: len(idx) - len(idx) % self.samples_per_step]
 
     def val_indices(self) -> np.ndarray:
-        """This rank's validation sample indices: every sample once over all ranks."""
-        rt = self.runtime()
-        return shard_indices(self.n_val, rt.rank, rt.size, 0, 0, shuffle=False, drop_tail=False)
+        """This rank's validation sample indices: every sample once over all replicas."""
+        rank, size = self.data_parallel()
+        return shard_indices(self.n_val, rank, size, 0, 0, shuffle=False, drop_tail=False)
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps in a whole epoch on the current world."""
-        return (self.n_train // self.runtime().size) // self.samples_per_step
+        return (self.n_train // self.data_parallel()[1]) // self.samples_per_step
 
     def steps_left(self, start: int) -> int:
         """Whole steps left in an epoch once ``start`` samples of it are done."""
-        return ((self.n_train - start) // self.runtime().size) // self.samples_per_step
+        return ((self.n_train - start) // self.data_parallel()[1]) // self.samples_per_step
+
+    def state_to_save(self) -> dict | None:
+        """What rank 0 writes into a checkpoint (:meth:`state` there, None elsewhere).
+
+        A collective: every rank calls it before a save, so a backend whose state is spread
+        over ranks (the stages of a pipeline) gathers it here."""
+        return self.state() if self.runtime().is_root else None

@@ -461,13 +461,14 @@ class CheckpointManager:
         if self.store is None:
             return None
         path, error = None, ""
+        state = self.backend.state_to_save()
         if rt.is_root:
             record = {"recipe": self.recipe, "signature": self.backend.signature(),
                       "epoch": epoch, "step": step, "rng": rngs, "world_size": rt.size,
                       "steps_per_epoch": self.steps_per_epoch,
                       "epoch_sums": None if sums is None else all_sums,
                       "config": self.config, "lr_factor": self.lr_factor,
-                      "state": self.backend.state()}
+                      "state": state}
             try:
                 path = self.store.save(epoch, step,
                                        lambda f: self.backend.write_checkpoint(f, record))

@@ -93,10 +93,12 @@ class Reporter:
 
     def start(self, *, recipe: str, cfg, recipe_args: dict[str, Any] | None, world_size: int,
               notices: list[str], n_train: int, n_val: int, describe: str, n_steps: int,
-              target_lr: float, epoch: int, step: int, checkpoint: str | None) -> str:
+              target_lr: float, epoch: int, step: int, checkpoint: str | None,
+              replicas: int | None = None) -> str:
         """The start of a run: notices, the resolved config (printed once and saved as
         config.yaml beside the checkpoints), the run's shape, and where it resumed from.
 
+        ``replicas``: the data-parallel copies, when not every worker is one (a pipeline).
         Returns rank 0's error writing config.yaml ('' if none), for the caller to agree on."""
         from common.config import one_line, resolved, save_resolved
         from common.runtime import SETTINGS, settings_line
@@ -114,7 +116,9 @@ class Reporter:
             except OSError as e:
                 return f"cannot write {path!r}: {e.strerror or e}"
         self.print(f"{recipe}: {n_train} train / {n_val} val samples{describe}, "
-                   f"{world_size} worker(s) x batch {cfg.run.batch_size} x "
+                   f"{world_size} worker(s)"
+                   + (f" as {replicas} replica(s)" if replicas not in (None, world_size) else "")
+                   + f" x batch {cfg.run.batch_size} x "
                    f"{cfg.gradients.batches_per_allreduce} pass(es), {n_steps} steps/epoch, "
                    f"LR {cfg.schedule.base_lr:g} -> {target_lr:g}")
         if step:

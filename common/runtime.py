@@ -135,21 +135,20 @@ def settings_line() -> str:
             if SETTINGS else "")
 
 
-def init_horovod(hvd, comm=None, mpi_groups: int = 1, device: str = "cpu") -> Runtime:
+def init_horovod(hvd, comm=None, mpi_groups: int = 1, device: str = "cpu",
+                 process_sets: list | None = None) -> Runtime:
     """Choose the runtime settings, initialise Horovod once (idempotent), describe this process.
 
     ``comm``: an mpi4py communicator to run Horovod on. ``mpi_groups`` > 1: run on this process's
-    group of :func:`mpi_group` instead.
+    group of :func:`mpi_group` instead. ``process_sets``: Horovod ``ProcessSet``s to register
+    (the same list on every rank; collectives then take ``process_set=``).
     """
     if not hvd.is_initialized():
         choose_runtime_settings()
     if comm is None and mpi_groups > 1:
         comm = mpi_group(mpi_groups)[1]
     if not hvd.is_initialized():
-        if comm is not None:
-            hvd.init(comm=comm)
-        else:
-            hvd.init()
+        hvd.init(comm=comm, process_sets=process_sets or None)
     return Runtime.current(hvd, device)
 
 
@@ -186,6 +185,23 @@ def worker_threads(local_size: int, requested: int | None = None) -> int:
     return threads
 
 
+def mpi_world(needed_by: str):
+    """mpi4py's ``MPI.COMM_WORLD``, after the runtime settings (Open MPI reads them when mpi4py
+    starts it); a one-line UserError naming ``needed_by`` (a flag or recipe) when this is not
+    an MPI launch (Gloo's horovodrun starts its workers without MPI)."""
+    choose_runtime_settings()
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise UserError(f"{needed_by} needs mpi4py ({e})") from None
+    world = MPI.COMM_WORLD
+    launched = os.environ.get("HOROVOD_SIZE")  # set by horovodrun for each worker
+    if launched is not None and int(launched) != world.Get_size():
+        raise UserError(f"{needed_by} needs an MPI launch (mpirun, or horovodrun --mpi): MPI sees "
+                        f"{world.Get_size()} process(es) but the launcher started {launched}")
+    return world
+
+
 @functools.cache
 def mpi_group(groups: int):
     """Split ``MPI.COMM_WORLD`` into ``groups`` equal, contiguous groups: (this group's index, its comm).
@@ -194,16 +210,7 @@ def mpi_group(groups: int):
     make it. World ranks 0..n-1 form group 0, the next n group 1, and so on. Needs an MPI launch
     (``mpirun``, ``srun --mpi=pmix`` or ``horovodrun --mpi``) and a Horovod built with MPI.
     """
-    choose_runtime_settings()
-    try:
-        from mpi4py import MPI
-    except ImportError as e:
-        raise UserError(f"--mpi-groups needs mpi4py ({e})") from None
-    world = MPI.COMM_WORLD
-    launched = os.environ.get("HOROVOD_SIZE")  # set by horovodrun for each worker
-    if launched is not None and int(launched) != world.Get_size():
-        raise UserError(f"--mpi-groups needs an MPI launch (mpirun, or horovodrun --mpi): MPI sees "
-                        f"{world.Get_size()} process(es) but the launcher started {launched}")
+    world = mpi_world("--mpi-groups")
     if world.Get_size() % groups:
         raise UserError(f"--mpi-groups {groups} must divide the number of MPI processes "
                         f"({world.Get_size()})")

@@ -40,9 +40,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def init(cfg: TrainConfig, comm=None) -> Runtime:
+def init(cfg: TrainConfig, comm=None, process_sets: list | None = None) -> Runtime:
     """Initialise Horovod, pin threads and device for this rank, seed every RNG from the seed."""
-    rt = init_horovod(hvd, comm, cfg.run.mpi_groups)
+    rt = init_horovod(hvd, comm, cfg.run.mpi_groups, process_sets=process_sets)
     torch.set_num_threads(worker_threads(rt.local_size, cfg.run.threads_per_worker))
     device = "cpu"
     if torch.cuda.is_available():
@@ -58,16 +58,21 @@ def init(cfg: TrainConfig, comm=None) -> Runtime:
 
 
 def distributed_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module,
-                          cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Wrap ``optimizer`` in Horovod's DistributedOptimizer with the core's gradient options."""
+                          cfg: TrainConfig, process_set=None,
+                          backward_passes: int = 1) -> torch.optim.Optimizer:
+    """Wrap ``optimizer`` in Horovod's DistributedOptimizer with the core's gradient options.
+
+    ``process_set``: average over that Horovod process set only (one pipeline stage's
+    replicas); ``backward_passes``: backward calls per batch pass (a pipeline's micro-batches)."""
     g = cfg.gradients
     return hvd.DistributedOptimizer(
         optimizer,
         named_parameters=model.named_parameters(),
         compression=hvd.Compression.fp16 if g.fp16_allreduce else hvd.Compression.none,
-        backward_passes_per_step=g.batches_per_allreduce,
+        backward_passes_per_step=g.batches_per_allreduce * backward_passes,
         op=hvd.Adasum if g.use_adasum else hvd.Average,
         gradient_predivide_factor=g.gradient_predivide_factor,
+        process_set=process_set or hvd.global_process_set,
     )
 
 

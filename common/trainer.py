@@ -113,9 +113,11 @@ class Trainer:
         self.rt = b.runtime()
         self.n_steps = b.steps_per_epoch()
         if self.n_steps < 1:
-            raise UserError(f"{b.n_train} training samples are too few for {self.rt.size} "
-                            f"worker(s) x {b.samples_per_step} samples per step")
-        self.schedule = LRSchedule.from_config(self.cfg, self.rt.size, self.n_steps,
+            raise UserError(f"{b.n_train} training samples are too few for "
+                            f"{b.data_parallel()[1]} replica(s) x {b.samples_per_step} samples "
+                            "per step")
+        # The LR scales with the replicas: the workers that average their gradients.
+        self.schedule = LRSchedule.from_config(self.cfg, b.data_parallel()[1], self.n_steps,
                                                b.adasum_local_size)
         self.checkpoints.steps_per_epoch = self.n_steps
         self.signals.reset()  # every rank of the new world agrees on signals at the next step
@@ -175,13 +177,14 @@ class Trainer:
                                n_train=self.backend.n_train, n_val=self.backend.n_val,
                                describe=self.describe, n_steps=self.n_steps,
                                target_lr=self.schedule.target_lr, epoch=self.epoch,
-                               step=self.step, checkpoint=self.checkpoint)
+                               step=self.step, checkpoint=self.checkpoint,
+                               replicas=self.backend.data_parallel()[1])
         agree(not error, error, self.backend.broadcast_object)
 
     @property
     def step_samples(self) -> int:
-        """Samples one optimizer step takes over all ranks."""
-        return self.backend.samples_per_step * self.rt.size
+        """Samples one optimizer step takes over all replicas."""
+        return self.backend.samples_per_step * self.backend.data_parallel()[1]
 
     def train(self, on_step=None) -> None:
         """Train from the current position to the last epoch or ``--max-steps``.
@@ -209,7 +212,7 @@ class Trainer:
                     self.guard.reference = first.global_sums(b.allreduce_sum).loss
                 self.step, self.start = self.step + 1, self.start + self.step_samples
                 beat(self.step)
-                seen += b.samples_per_step
+                seen += b.samples_per_step if b.counts_samples else 0
                 complete = b.steps_left(self.start) == 0
                 stopping = run.max_steps is not None and self.step >= run.max_steps
                 bar.update()
@@ -217,7 +220,7 @@ class Trainer:
                     last_refresh = clock.elapsed
                     running = MetricSums(b.train_layout, b.read_counters(counters))
                     bar.set_postfix(loss=f"{running.loss:.3f}", lr=f"{lr:.3g}",
-                                    samples_s=f"{clock.rate(seen * self.rt.size):,.0f}")
+                                    samples_s=f"{clock.rate(seen * b.data_parallel()[1]):,.0f}")
                 self.stop_if_signalled(lambda local=local, counters=counters: MetricSums(
                     b.train_layout, local.values + b.read_counters(counters)))
                 if complete or stopping:

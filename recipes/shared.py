@@ -16,6 +16,7 @@ MNIST_DEFAULTS: dict[str, Any] = {"epochs": 12, "batch_size": 32, "base_lr": 0.0
 RUN_FOLDERS = {
     "pytorch/mnist": "runs/mnist",
     "pytorch/elastic_mnist": "runs/elastic_mnist",
+    "pytorch/hybrid_parallel": "runs/hybrid_parallel",
     "pytorch/cifar10_resnet": "runs/cifar10",
     "pytorch/imagenet_resnet50": "runs/imagenet",
     "tensorflow/mnist": "runs/tf_mnist",

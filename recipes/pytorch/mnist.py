@@ -10,6 +10,8 @@ The lines marked `# distributed` are all that differ from a single-process scrip
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,21 +26,18 @@ from recipes.shared import mnist_parser
 RECIPE = "pytorch/mnist"
 
 
-class Net(nn.Module):
-    """Two conv layers and two dense ones; adaptive pooling makes it fit 8x8 and 28x28 inputs."""
+class Net(nn.Sequential):
+    """Two conv layers and two dense ones; adaptive pooling makes it fit 8x8 and 28x28 inputs.
+
+    A sequence of named layers, so that the hybrid-parallel recipe can cut it into stages."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-        self.pool = nn.AdaptiveAvgPool2d(4)
-        self.fc1 = nn.Linear(64 * 4 * 4, 128)
-        self.fc2 = nn.Linear(128, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.conv1(x))
-        x = self.pool(F.relu(self.conv2(x)))
-        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+        super().__init__(OrderedDict(
+            conv1=nn.Conv2d(1, 32, 3, padding=1), relu1=nn.ReLU(),
+            conv2=nn.Conv2d(32, 64, 3, padding=1), relu2=nn.ReLU(),
+            pool=nn.AdaptiveAvgPool2d(4), flatten=nn.Flatten(),
+            fc1=nn.Linear(64 * 4 * 4, 128), relu3=nn.ReLU(),
+            fc2=nn.Linear(128, 10)))
 
 
 def as_tensors(ds) -> torch.utils.data.TensorDataset:

@@ -1,0 +1,339 @@
+"""Pipeline owns model parallelism: a model cut into stages on several ranks, micro-batched, replicated.
+
+A model given as an ``nn.Sequential`` is cut into S contiguous stages (:func:`partition`), one
+per rank, and the pipeline is replicated R times for data parallelism: S x R ranks, rank
+``replica * S + stage``. Each step (GPipe's schedule, Huang et al. 2019) splits the replica's
+batch into M micro-batches: every stage runs the forward pass of all M, sending each
+micro-batch's activations to the next stage, then the backward pass of all M in reverse order,
+sending each activation's gradient back. Each stage's gradients are then averaged over its R
+replicas by Horovod's DistributedOptimizer on that stage's process set (Horovod's
+``ProcessSet``, registered at ``hvd.init``), so stage s of every replica steps alike.
+
+Activations travel point to point with mpi4py (``Send``/``Recv`` on a duplicate of
+``MPI.COMM_WORLD``): a pipeline boundary is a message from one rank to one other, which
+Horovod has no collective for (a broadcast on a 2-rank process set would also wait for a
+negotiation cycle of Horovod's background thread for every micro-batch and direction).
+So the pipeline needs an MPI launch (``mpirun``, or ``horovodrun`` with its default MPI).
+
+:class:`PipelineBackend` is the ``common.backend.Backend`` of one stage: the core's loop, LR
+schedule, metrics and checkpoints run unchanged. The stages of a replica share its data shard
+(:meth:`PipelineBackend.data_parallel`); the last stage computes the loss and the metric
+counters; checkpoints hold the whole model and optimizer by parameter name, gathered from the
+stages of replica 0 (:meth:`PipelineBackend.state_to_save`), so a run resumes on any layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.config import ConfigError, TrainConfig
+from common.metrics import MetricSums
+from common.runtime import Runtime, mpi_world
+from common.torch_backend import TorchBackend, counters, distributed_optimizer, hvd, init
+from common.watchdog import beat
+
+_TRAIN_TAG, _GRAD_TAG, _EVAL_TAG = 1 << 10, 2 << 10, 3 << 10
+
+
+def has_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def partition(model: nn.Sequential, stages: int) -> list[list[str]]:
+    """The names of ``model``'s children on each of ``stages`` stages, in order.
+
+    Each stage gets a contiguous run of layers with parameters, as even in number as they
+    divide; a layer without parameters (an activation, a pooling) goes with the layer before it.
+    """
+    names = [name for name, _ in model.named_children()]
+    weighted = [i for i, (_, m) in enumerate(model.named_children()) if has_parameters(m)]
+    if stages > len(weighted):
+        raise ConfigError(f"--stages {stages} is more than the model's {len(weighted)} layers "
+                          "with parameters")
+    per_stage = np.array_split(np.arange(len(weighted)), stages)
+    starts = [0] + [weighted[int(part[0])] for part in per_stage[1:]]
+    ends = starts[1:] + [len(names)]
+    return [names[a:b] for a, b in zip(starts, ends, strict=True)]
+
+
+class Stage(nn.Module):
+    """Some consecutive layers of a sequential model, under their names in the whole model (so
+    ``state_dict`` keys are the whole model's)."""
+
+    def __init__(self, model: nn.Sequential, names: list[str]) -> None:
+        super().__init__()
+        for name in names:
+            self.add_module(name, getattr(model, name))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.children():
+            x = layer(x)
+        return x
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The layout: S stages (model parallelism) x R replicas (data parallelism), M micro-batches."""
+
+    stages: int = 2
+    replicas: int | None = None  # default: world size / stages
+    micro_batches: int = 1
+
+    def validate(self) -> None:
+        for name in ("stages", "micro_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got "
+                                  f"{getattr(self, name)}")
+        if self.replicas is not None and self.replicas < 1:
+            raise ConfigError(f"--replicas must be at least 1, got {self.replicas}")
+
+    def layout(self, world_size: int) -> PipelineLayout:
+        """The layout on ``world_size`` ranks; ConfigError unless stages x replicas fill it."""
+        replicas = self.replicas or max(world_size // self.stages, 1)
+        if self.stages * replicas != world_size:
+            raise ConfigError(f"--stages {self.stages} x --replicas {replicas} = "
+                              f"{self.stages * replicas} ranks, but the job has {world_size}")
+        return PipelineLayout(self.stages, replicas)
+
+    @staticmethod
+    def add_flags(parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("pipeline (model parallelism)")
+        g.add_argument("--stages", type=int, default=PipelineConfig.stages,
+                       help="S: cut the model into S stages on S ranks")
+        g.add_argument("--replicas", type=int, default=None,
+                       help="R: data-parallel copies of the pipeline (default: ranks / S; "
+                            "S x R must equal the number of ranks)")
+        g.add_argument("--micro-batches", type=int, default=PipelineConfig.micro_batches,
+                       help="M: micro-batches each --batch-size batch is split into (GPipe)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, cfg: TrainConfig) -> PipelineConfig:
+        pc = cls(args.stages, args.replicas, args.micro_batches)
+        pc.validate()
+        if cfg.run.batch_size < pc.micro_batches:
+            raise ConfigError(f"--batch-size {cfg.run.batch_size} is smaller than "
+                              f"--micro-batches {pc.micro_batches}")
+        if cfg.gradients.batches_per_allreduce != 1:
+            raise ConfigError("--batches-per-allreduce: a pipeline accumulates over its "
+                              "--micro-batches instead; leave it at 1")
+        if cfg.run.amp:
+            raise ConfigError("--amp is not supported by the pipeline (fp32 only)")
+        return pc
+
+
+@dataclass(frozen=True)
+class PipelineLayout:
+    """Which rank runs which stage of which replica: rank = replica x stages + stage."""
+
+    stages: int
+    replicas: int
+
+    def stage_of(self, rank: int) -> int:
+        return rank % self.stages
+
+    def replica_of(self, rank: int) -> int:
+        return rank // self.stages
+
+    def stage_ranks(self, stage: int) -> list[int]:
+        """The ranks holding ``stage``, one per replica: the stage's process set."""
+        return [replica * self.stages + stage for replica in range(self.replicas)]
+
+
+def init_pipeline(cfg: TrainConfig, pc: PipelineConfig):
+    """Start MPI and Horovod with one process set per stage (if replicated); return the runtime,
+    the layout, this rank's stage's process set (None without replicas) and the pipeline's own
+    communicator. Bad layouts are one-line errors on every rank, before Horovod starts."""
+    world = mpi_world("the pipeline (hybrid_parallel.py)")
+    layout = pc.layout(world.Get_size())
+    sets = ([hvd.ProcessSet(layout.stage_ranks(s)) for s in range(layout.stages)]
+            if layout.replicas > 1 else [])  # Horovod registers no 1-rank process sets
+    rt = init(cfg, comm=world, process_sets=sets)
+    stage_set = sets[layout.stage_of(rt.rank)] if sets else None
+    return rt, layout, stage_set, world.Dup()
+
+
+def named_optimizer_state(optimizer: torch.optim.Optimizer, names: list[str]) -> dict:
+    """An optimizer's state keyed by parameter name (``names``: its parameters' names, in order)."""
+    sd = optimizer.state_dict()
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]]
+    return {"state": {names[i]: s for i, s in sd["state"].items()}, "param_groups": groups}
+
+
+def load_named_optimizer_state(optimizer: torch.optim.Optimizer, names: list[str],
+                               state: dict) -> None:
+    groups = [{**g, "params": list(range(len(names)))} for g in state["param_groups"][:1]]
+    optimizer.load_state_dict({"state": {i: state["state"][n] for i, n in enumerate(names)
+                                         if n in state["state"]},
+                               "param_groups": groups})
+
+
+class PipelineBackend(TorchBackend):
+    """One stage of a replicated pipeline, as the core's loop sees it (``TorchBackend`` for the
+    rest: RNG state, checkpoint files, loaders, TensorBoard).
+
+    ``model``: the whole model as an ``nn.Sequential`` (built alike on every rank); this rank
+    keeps its stage's layers. ``make_optimizer(params)``: the plain optimizer of a stage.
+    """
+
+    def __init__(self, rt: Runtime, cfg: TrainConfig, pc: PipelineConfig, layout: PipelineLayout,
+                 stage_set, comm, model: nn.Sequential,
+                 make_optimizer: Callable[[list], torch.optim.Optimizer], loss_fn: Callable,
+                 train_set, val_set, num_classes: int = 0) -> None:
+        self.layout, self.comm, self.micro_batches = layout, comm, pc.micro_batches
+        self.stage = layout.stage_of(rt.rank)
+        self.replica = layout.replica_of(rt.rank)
+        self.first, self.last = self.stage == 0, self.stage == layout.stages - 1
+        self.counts_samples = self.last
+        self.whole_signature = [[k, list(v.shape)] for k, v in model.state_dict().items()]
+        self.stage_names = partition(model, layout.stages)
+        # Per-sample shape of what enters each stage (a probe through the whole model).
+        x = train_set[0][0].unsqueeze(0)
+        self.in_shapes = []
+        with torch.no_grad():
+            for names in self.stage_names:
+                self.in_shapes.append(tuple(x.shape[1:]))
+                x = Stage(model, names)(x)
+        module = Stage(model, self.stage_names[self.stage]).to(rt.device)
+        self.param_names = [n for n, _ in module.named_parameters()]
+        optimizer = make_optimizer(list(module.parameters()))
+        if stage_set is not None:
+            optimizer = distributed_optimizer(optimizer, module, cfg, process_set=stage_set,
+                                              backward_passes=pc.micro_batches)
+        super().__init__(rt, cfg, module, optimizer, loss_fn, train_set, val_set,
+                         num_classes=num_classes)
+        self._whole_state = None  # the checkpoint rank 0 read, until broadcast_state
+        self.sent_bytes = 0  # activation and gradient bytes this rank sent point to point
+        self.allreduced_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+
+    # --- layout ---------------------------------------------------------------------------------
+    def data_parallel(self) -> tuple[int, int]:
+        return self.replica, self.layout.replicas
+
+    def describe(self) -> str:
+        """The layout in words, and which layers each stage holds."""
+        stages = " | ".join(",".join(names) for names in self.stage_names)
+        return (f"{self.layout.stages} stage(s) x {self.layout.replicas} replica(s), "
+                f"{self.micro_batches} micro-batch(es) per batch; stages: {stages}")
+
+    # --- point to point -------------------------------------------------------------------------
+    def _send(self, t: torch.Tensor, stage: int, tag: int) -> None:
+        data = np.ascontiguousarray(t.detach().to("cpu").numpy())
+        self.comm.Send(data, dest=self.replica * self.layout.stages + stage, tag=tag)
+        self.sent_bytes += data.nbytes
+
+    def _recv(self, shape: tuple, stage: int, tag: int) -> torch.Tensor:
+        buf = torch.empty(shape, dtype=torch.float32)
+        self.comm.Recv(buf.numpy(), source=self.replica * self.layout.stages + stage, tag=tag)
+        return buf.to(self.device)
+
+    def _stage_input(self, x: torch.Tensor, tag: int) -> torch.Tensor:
+        if self.first:
+            return x.to(self.device, non_blocking=True)
+        return self._recv((len(x), *self.in_shapes[self.stage]), self.stage - 1, tag)
+
+    # --- training and evaluation ----------------------------------------------------------------
+    def train_step(self, batch) -> torch.Tensor:
+        """One optimizer step: GPipe's forward of every micro-batch, then backward in reverse;
+        each micro-batch's loss weighted by its share of the batch, so the gradient is the
+        batch mean; Horovod averages it over the stage's replicas in ``step``."""
+        x, y = batch
+        model, optimizer = self.model, self.optimizer
+        model.train()
+        optimizer.zero_grad()
+        total = self.zero_counters()
+        y = y.to(self.device, non_blocking=True)
+        parts = list(zip(x.tensor_split(self.micro_batches), y.tensor_split(self.micro_batches),
+                         strict=True))
+        kept = []
+        for m, (xm, ym) in enumerate(parts):
+            inp = self._stage_input(xm, _TRAIN_TAG + m)
+            inp.requires_grad_(not self.first)
+            out = model(inp)
+            if self.last:
+                loss = self.loss_fn(out, ym)
+                total = total + counters(out, ym, loss, self.train_layout)
+                out = loss * (len(ym) / len(y))
+            else:
+                self._send(out, self.stage + 1, _TRAIN_TAG + m)
+            kept.append((inp, out))
+        for m in reversed(range(len(kept))):
+            inp, out = kept[m]
+            if self.last:
+                out.backward()
+            else:
+                out.backward(self._recv(out.shape, self.stage + 1, _GRAD_TAG + m))
+            if not self.first:
+                self._send(inp.grad, self.stage - 1, _GRAD_TAG + m)
+        optimizer.step()
+        return total
+
+    @torch.no_grad()
+    def evaluate(self) -> MetricSums:
+        self.model.eval()
+        self.val_loader.sampler.set_epoch(0, self.val_indices())
+        total = torch.zeros(self.val_layout.size, dtype=torch.float64, device=self.device)
+        for x, y in self.val_loader:
+            out = self.model(self._stage_input(x, _EVAL_TAG))
+            if self.last:
+                y = y.to(self.device, non_blocking=True)
+                total += counters(out, y, self.loss_fn(out, y), self.val_layout)
+            else:
+                self._send(out, self.stage + 1, _EVAL_TAG)
+            beat()
+        return MetricSums(self.val_layout, total.cpu().numpy())
+
+    # --- the whole model's state, spread over the stages ------------------------------------------
+    def state(self) -> dict:
+        """This stage's part: parameters and optimizer state by name in the whole model."""
+        return {"model": self.model.state_dict(),
+                "optimizer": named_optimizer_state(self.optimizer, self.param_names),
+                "scaler": None}
+
+    def state_to_save(self) -> dict | None:
+        """The whole model on rank 0: replica 0's stages' parts, gathered (a collective)."""
+        part = self.state() if self.replica == 0 else None
+        parts = [p for p in self.allgather_object(part, name="stage_states") if p is not None]
+        if not self.runtime().is_root:
+            return None
+        whole = {"model": {}, "optimizer": {"state": {}, "param_groups":
+                                            parts[0]["optimizer"]["param_groups"]},
+                 "scaler": None}
+        for p in parts:
+            whole["model"].update(p["model"])
+            whole["optimizer"]["state"].update(p["optimizer"]["state"])
+        return whole
+
+    def snapshot(self) -> dict:
+        return copy.deepcopy(self.state())
+
+    def signature(self) -> list[list]:
+        return self.whole_signature
+
+    def load_state(self, state: dict, source: str) -> None:
+        """On rank 0 (restore): hold the whole model until :meth:`broadcast_state` hands each
+        stage its part."""
+        self._whole_state = state
+
+    def broadcast_state(self) -> None:
+        """Every stage takes its part of rank 0's whole model (the checkpoint it read, or replica
+        0's stages as they are): the same weights on every replica, from one source."""
+        whole = self._whole_state if self.runtime().is_root else None
+        if not self.broadcast_object(whole is not None, name="pipeline_has_state"):
+            whole = self.state_to_save()  # no checkpoint read: replica 0's stages as they are
+        whole = self.broadcast_object(whole, name="pipeline_state")
+        self._whole_state = None
+        mine = {k: v for k, v in whole["model"].items() if k in self.model.state_dict()}
+        self.model.load_state_dict(mine)
+        load_named_optimizer_state(self.optimizer, self.param_names, whole["optimizer"])
+
+    def communication(self) -> dict[str, float]:
+        """Bytes this rank sent so far point to point, and each allreduce's gradient bytes."""
+        return {"p2p_bytes_sent": float(self.sent_bytes),
+                "allreduce_bytes": float(self.allreduced_bytes if self.layout.replicas > 1 else 0)}

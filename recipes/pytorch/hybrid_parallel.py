@@ -1,0 +1,52 @@
+"""Hybrid-parallel recipe (PyTorch): the MNIST CNN cut into S pipeline stages, replicated R times.
+
+Run on 4 workers, 2 stages x 2 replicas, 4 micro-batches:
+    horovodrun -np 4 python recipes/pytorch/hybrid_parallel.py --stages 2 --micro-batches 4
+    mpirun -np 4 -bind-to none -map-by slot -x PATH python recipes/pytorch/hybrid_parallel.py --stages 2
+Pure model parallelism (2 stages, no replicas):
+    horovodrun -np 2 python recipes/pytorch/hybrid_parallel.py --stages 2
+
+Model parallelism: each rank holds some consecutive layers of the network (a stage) and passes
+activations forward and their gradients back to its neighbours (point to point, mpi4py).
+Data parallelism: R copies of the pipeline train on R shards of the data, and each stage's
+gradients are averaged over its R copies by Horovod on that stage's process set. The model,
+data and hyper-parameters are the MNIST recipe's; the same loop, schedule, checkpoints and
+metrics run it (common/pipeline.py). Needs an MPI launch (not horovodrun --gloo).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from common.config import parse_config
+from common.data import load_mnist_or_digits
+from common.failure import run_main
+from common.pipeline import PipelineBackend, PipelineConfig, init_pipeline
+from common.trainer import fit
+from recipes.pytorch.mnist import Net, as_tensors
+from recipes.shared import mnist_parser
+
+RECIPE = "pytorch/hybrid_parallel"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = mnist_parser(__doc__.splitlines()[0], RECIPE)
+    PipelineConfig.add_flags(parser)  # distributed: --stages, --replicas, --micro-batches
+    cfg, args = parse_config(parser, argv)
+    pc = PipelineConfig.from_args(args, cfg)
+    rt, layout, stage_set, comm = init_pipeline(cfg, pc)  # distributed: MPI, process sets
+    train_set, val_set = load_mnist_or_digits(cfg.run.data_dir, cfg.run.folds, cfg.run.fold)
+
+    def sgd(params: list) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=cfg.schedule.base_lr, momentum=cfg.optimizer.momentum,
+                               weight_decay=cfg.optimizer.weight_decay)
+
+    backend = PipelineBackend(rt, cfg, pc, layout, stage_set, comm, Net(), sgd,  # distributed
+                              F.cross_entropy, as_tensors(train_set), as_tensors(val_set),
+                              num_classes=10)
+    fit(backend, cfg, RECIPE, vars(args), f" ({train_set.name}; {backend.describe()})")
+
+
+if __name__ == "__main__":
+    run_main(main)
