@@ -191,6 +191,12 @@ class Backend(abc.ABC):
         """Whole steps left in an epoch once ``start`` samples of it are done."""
         return ((self.n_train - start) // self.data_parallel()[1]) // self.samples_per_step
 
+    def run_stats(self) -> dict:
+        """The strategy's own numbers for the final record (bytes each rank sent per step, time
+        spent communicating, staleness...). Every rank calls it at the end of a run; a backend
+        that gathers them over ranks does so here, with collectives every rank makes."""
+        return {}
+
     def state_to_save(self) -> dict | None:
         """What rank 0 writes into a checkpoint (:meth:`state` there, None elsewhere).
 

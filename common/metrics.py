@@ -133,6 +133,30 @@ class Throughput:
         return samples / max(self.elapsed, 1e-9)
 
 
+class StepTimes:
+    """One rank's train steps: their time, the part spent communicating (sending, receiving,
+    waiting for an allreduce), and the bytes it sent; gathered once, at the end of a run."""
+
+    def __init__(self, role: str = "worker") -> None:
+        self.role = role
+        self.steps, self.step_s, self.comm_s, self.sent_bytes = 0, 0.0, 0.0, 0.0
+
+    def step(self, seconds: float) -> None:
+        self.steps += 1
+        self.step_s += seconds
+
+    def record(self, allgather_object: Callable, **fields) -> dict:
+        """Every rank's per-step means in rank order (a collective), and ``fields``."""
+        every = allgather_object((self.role, self.steps, self.step_s, self.comm_s,
+                                  self.sent_bytes), name="step_times")
+
+        def per_step(i: int) -> list[float]:
+            return [r[i] / max(r[1], 1) for r in every]
+
+        return {**fields, "roles": [r[0] for r in every], "step_s_by_rank": per_step(2),
+                "comm_s_by_rank": per_step(3), "bytes_sent_per_step_by_rank": per_step(4)}
+
+
 def mean_ci95(values) -> tuple[float, float]:
     """Mean and half-width of a 95% interval (1.96 sample standard deviations) of measurements."""
     a = np.asarray(values, dtype=np.float64)

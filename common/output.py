@@ -147,12 +147,13 @@ class Reporter:
 
     def final(self, *, recipe: str, epochs: int, step: int, train: MetricSums, val: MetricSums,
               samples_per_sec: float, world_size: int, wall: float,
-              checkpoint: str | None) -> dict[str, Any]:
-        """The end of a run: the final JSON record and line; returns the record."""
+              checkpoint: str | None, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The end of a run: the final JSON record and line; returns the record. ``stats``:
+        the strategy's own numbers (``Backend.run_stats``), added to the record."""
         rec = dict(recipe=recipe, world_size=world_size, epochs=epochs, step=step,
                    **_metric_fields(train, val), samples_per_sec=samples_per_sec,
                    samples_per_sec_per_worker=samples_per_sec / world_size, wall_time_s=wall,
-                   checkpoint=checkpoint)
+                   checkpoint=checkpoint, **(stats or {}))
         self.record("final", **rec)
         self.close()
         self.print(f"final: val accuracy {val.accuracy:.4f} on {world_size} worker(s) in "

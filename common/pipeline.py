@@ -19,13 +19,13 @@ So the pipeline needs an MPI launch (``mpirun``, or ``horovodrun`` with its defa
 schedule, metrics and checkpoints run unchanged. The stages of a replica share its data shard
 (:meth:`PipelineBackend.data_parallel`); the last stage computes the loss and the metric
 counters; checkpoints hold the whole model and optimizer by parameter name, gathered from the
-stages of replica 0 (:meth:`PipelineBackend.state_to_save`), so a run resumes on any layout.
+stages of replica 0 (``common.spread_state``), so a run resumes on any layout.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,8 +34,9 @@ import torch
 from torch import nn
 
 from common.config import ConfigError, TrainConfig
-from common.metrics import MetricSums
+from common.metrics import MetricSums, StepTimes
 from common.runtime import Runtime, mpi_world
+from common.spread_state import SpreadState, load_named_optimizer_state, named_optimizer_state
 from common.torch_backend import TorchBackend, counters, distributed_optimizer, hvd, init
 from common.watchdog import beat
 
@@ -159,22 +160,7 @@ def init_pipeline(cfg: TrainConfig, pc: PipelineConfig):
     return rt, layout, stage_set, world.Dup()
 
 
-def named_optimizer_state(optimizer: torch.optim.Optimizer, names: list[str]) -> dict:
-    """An optimizer's state keyed by parameter name (``names``: its parameters' names, in order)."""
-    sd = optimizer.state_dict()
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]]
-    return {"state": {names[i]: s for i, s in sd["state"].items()}, "param_groups": groups}
-
-
-def load_named_optimizer_state(optimizer: torch.optim.Optimizer, names: list[str],
-                               state: dict) -> None:
-    groups = [{**g, "params": list(range(len(names)))} for g in state["param_groups"][:1]]
-    optimizer.load_state_dict({"state": {i: state["state"][n] for i, n in enumerate(names)
-                                         if n in state["state"]},
-                               "param_groups": groups})
-
-
-class PipelineBackend(TorchBackend):
+class PipelineBackend(SpreadState, TorchBackend):
     """One stage of a replicated pipeline, as the core's loop sees it (``TorchBackend`` for the
     rest: RNG state, checkpoint files, loaders, TensorBoard).
 
@@ -208,9 +194,7 @@ class PipelineBackend(TorchBackend):
                                               backward_passes=pc.micro_batches)
         super().__init__(rt, cfg, module, optimizer, loss_fn, train_set, val_set,
                          num_classes=num_classes)
-        self._whole_state = None  # the checkpoint rank 0 read, until broadcast_state
-        self.sent_bytes = 0  # activation and gradient bytes this rank sent point to point
-        self.allreduced_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+        self.times = StepTimes(f"stage {self.stage}")
 
     # --- layout ---------------------------------------------------------------------------------
     def data_parallel(self) -> tuple[int, int]:
@@ -224,13 +208,20 @@ class PipelineBackend(TorchBackend):
 
     # --- point to point -------------------------------------------------------------------------
     def _send(self, t: torch.Tensor, stage: int, tag: int) -> None:
+        """Send to ``stage`` of this replica; train steps' traffic and time are counted."""
+        began = time.perf_counter()
         data = np.ascontiguousarray(t.detach().to("cpu").numpy())
         self.comm.Send(data, dest=self.replica * self.layout.stages + stage, tag=tag)
-        self.sent_bytes += data.nbytes
+        if tag != _EVAL_TAG:
+            self.times.sent_bytes += data.nbytes
+            self.times.comm_s += time.perf_counter() - began
 
     def _recv(self, shape: tuple, stage: int, tag: int) -> torch.Tensor:
+        began = time.perf_counter()
         buf = torch.empty(shape, dtype=torch.float32)
         self.comm.Recv(buf.numpy(), source=self.replica * self.layout.stages + stage, tag=tag)
+        if tag != _EVAL_TAG:
+            self.times.comm_s += time.perf_counter() - began
         return buf.to(self.device)
 
     def _stage_input(self, x: torch.Tensor, tag: int) -> torch.Tensor:
@@ -243,6 +234,7 @@ class PipelineBackend(TorchBackend):
         """One optimizer step: GPipe's forward of every micro-batch, then backward in reverse;
         each micro-batch's loss weighted by its share of the batch, so the gradient is the
         batch mean; Horovod averages it over the stage's replicas in ``step``."""
+        began = time.perf_counter()
         x, y = batch
         model, optimizer = self.model, self.optimizer
         model.train()
@@ -271,7 +263,11 @@ class PipelineBackend(TorchBackend):
                 out.backward(self._recv(out.shape, self.stage + 1, _GRAD_TAG + m))
             if not self.first:
                 self._send(inp.grad, self.stage - 1, _GRAD_TAG + m)
+        waiting = time.perf_counter()  # the stage's gradient allreduce over its replicas
         optimizer.step()
+        done = time.perf_counter()
+        self.times.comm_s += done - waiting
+        self.times.step(done - began)
         return total
 
     @torch.no_grad()
@@ -289,51 +285,27 @@ class PipelineBackend(TorchBackend):
             beat()
         return MetricSums(self.val_layout, total.cpu().numpy())
 
-    # --- the whole model's state, spread over the stages ------------------------------------------
-    def state(self) -> dict:
-        """This stage's part: parameters and optimizer state by name in the whole model."""
-        return {"model": self.model.state_dict(),
-                "optimizer": named_optimizer_state(self.optimizer, self.param_names),
-                "scaler": None}
-
-    def state_to_save(self) -> dict | None:
-        """The whole model on rank 0: replica 0's stages' parts, gathered (a collective)."""
-        part = self.state() if self.replica == 0 else None
-        parts = [p for p in self.allgather_object(part, name="stage_states") if p is not None]
-        if not self.runtime().is_root:
+    # --- the whole model's state, spread over the stages (common.spread_state) -----------------
+    def part_state(self) -> dict | None:
+        """Replica 0's stages offer their parameters and optimizer state, by name."""
+        if self.replica != 0:
             return None
-        whole = {"model": {}, "optimizer": {"state": {}, "param_groups":
-                                            parts[0]["optimizer"]["param_groups"]},
-                 "scaler": None}
-        for p in parts:
-            whole["model"].update(p["model"])
-            whole["optimizer"]["state"].update(p["optimizer"]["state"])
-        return whole
+        return {"model": self.model.state_dict(),
+                "optimizer": named_optimizer_state(self.optimizer, self.param_names)}
 
-    def snapshot(self) -> dict:
-        return copy.deepcopy(self.state())
-
-    def signature(self) -> list[list]:
-        return self.whole_signature
-
-    def load_state(self, state: dict, source: str) -> None:
-        """On rank 0 (restore): hold the whole model until :meth:`broadcast_state` hands each
-        stage its part."""
-        self._whole_state = state
-
-    def broadcast_state(self) -> None:
-        """Every stage takes its part of rank 0's whole model (the checkpoint it read, or replica
-        0's stages as they are): the same weights on every replica, from one source."""
-        whole = self._whole_state if self.runtime().is_root else None
-        if not self.broadcast_object(whole is not None, name="pipeline_has_state"):
-            whole = self.state_to_save()  # no checkpoint read: replica 0's stages as they are
-        whole = self.broadcast_object(whole, name="pipeline_state")
-        self._whole_state = None
-        mine = {k: v for k, v in whole["model"].items() if k in self.model.state_dict()}
-        self.model.load_state_dict(mine)
+    def load_part(self, whole: dict) -> None:
+        mine = self.model.state_dict()
+        self.model.load_state_dict({k: v for k, v in whole["model"].items() if k in mine})
         load_named_optimizer_state(self.optimizer, self.param_names, whole["optimizer"])
 
-    def communication(self) -> dict[str, float]:
-        """Bytes this rank sent so far point to point, and each allreduce's gradient bytes."""
-        return {"p2p_bytes_sent": float(self.sent_bytes),
-                "allreduce_bytes": float(self.allreduced_bytes if self.layout.replicas > 1 else 0)}
+    def run_stats(self) -> dict:
+        """Each rank's step time, time communicating (point to point, and waiting for its
+        stage's allreduce), and bytes sent per step: activations and their gradients, counted
+        from the messages, plus 2(R-1)/R of the stage's gradient bytes for its allreduce."""
+        r = self.layout.replicas
+        grad_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.times.sent_bytes += self.times.steps * 2 * (r - 1) / r * grad_bytes
+        return self.times.record(
+            self.allgather_object, strategy="hybrid parallel", stages=self.layout.stages,
+            replicas=r, micro_batches=self.micro_batches,
+            bytes_counted="point-to-point messages + ring allreduce 2(R-1)/R x stage gradients")

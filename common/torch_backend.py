@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
+import time
 from collections.abc import Callable
 
 import horovod.torch as hvd
@@ -21,7 +22,7 @@ import torch
 from common.backend import Backend
 from common.checkpoint import CheckpointError, verified, with_checksum
 from common.config import TrainConfig
-from common.metrics import CounterLayout, MetricSums
+from common.metrics import CounterLayout, MetricSums, StepTimes
 from common.runtime import (
     Runtime,
     init_horovod,
@@ -164,6 +165,7 @@ class TorchBackend(Backend):
         self.val_loader = sharded_loader(val_set, val_batch_size, cfg.run.data_workers, pin,
                                          drop_last=False)
         self.adasum_local_size = (rt.local_size if pin and hvd.nccl_built() else 1)
+        self.times = StepTimes()
 
     # --- the job and its collectives ------------------------------------------------------------
     def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
@@ -253,6 +255,7 @@ class TorchBackend(Backend):
         mean over the whole batch; Horovod allreduces once, after the last pass. With an fp16
         grad scaler, gradients are synchronised, unscaled, then stepped (Horovod's order).
         """
+        began = time.perf_counter()
         x, y = (t.to(self.device, non_blocking=True) for t in batch)
         model, optimizer, scaler = self.model, self.optimizer, self.precision.scaler
         model.train()
@@ -265,6 +268,7 @@ class TorchBackend(Backend):
             weighted = loss * (len(ys) / len(y))
             (scaler.scale(weighted) if scaler else weighted).backward()
             total = total + counters(out, ys, loss, self.train_layout)
+        waiting = time.perf_counter()  # for the allreduces backward has not hidden
         if scaler is not None:
             optimizer.synchronize()
             scaler.unscale_(optimizer)
@@ -273,7 +277,21 @@ class TorchBackend(Backend):
             scaler.update()
         else:
             optimizer.step()
+        done = time.perf_counter()
+        self.times.comm_s += done - waiting
+        self.times.step(done - began)
         return total
+
+    def run_stats(self) -> dict:
+        """Data parallelism: the time each rank's steps took and waited in ``optimizer.step``
+        (on CPU, where the clock sees the work), and the bytes a ring allreduce sends per step
+        (2 (N-1)/N of the gradients: an analytic count; Horovod's messages are not visible)."""
+        n = self.runtime().size
+        grad_bytes = sum(p.numel() * (2 if self.cfg.gradients.fp16_allreduce else p.element_size())
+                         for p in self.model.parameters() if p.requires_grad)
+        self.times.sent_bytes = self.times.steps * 2 * (n - 1) / n * grad_bytes
+        return self.times.record(self.allgather_object, strategy="data parallel",
+                                 bytes_counted="ring allreduce, 2(N-1)/N x gradient bytes")
 
     @torch.no_grad()
     def evaluate(self) -> MetricSums:

@@ -347,7 +347,8 @@ class Trainer:
         return self.out.final(recipe=self.recipe, epochs=self.cfg.run.epochs, step=self.step,
                               train=self.train_sums, val=self.val_sums,
                               samples_per_sec=self.samples_per_sec, world_size=self.rt.size,
-                              wall=self.clock.elapsed, checkpoint=self.checkpoint)
+                              wall=self.clock.elapsed, checkpoint=self.checkpoint,
+                              stats=self.backend.run_stats())
 
 
 def fit(backend: Backend, cfg: TrainConfig, recipe: str, recipe_args: dict[str, Any] | None = None,

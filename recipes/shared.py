@@ -17,6 +17,7 @@ RUN_FOLDERS = {
     "pytorch/mnist": "runs/mnist",
     "pytorch/elastic_mnist": "runs/elastic_mnist",
     "pytorch/hybrid_parallel": "runs/hybrid_parallel",
+    "pytorch/parameter_server": "runs/parameter_server",
     "pytorch/cifar10_resnet": "runs/cifar10",
     "pytorch/imagenet_resnet50": "runs/imagenet",
     "tensorflow/mnist": "runs/tf_mnist",

@@ -1,17 +1,35 @@
-"""Other ways to distribute training, run for real: hybrid (pipeline x data) parallelism.
+"""Other ways to distribute training, run for real: hybrid (pipeline x data) parallelism and
+parameter servers (sync and async).
 
 Each strategy must train exactly what synchronous data parallelism (or one process) trains
 with the same global batch: the tests compare the weights after a few SGD steps."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, MNIST, ROOT, final_record, job_env, load_checkpoint, max_abs_diff, mpirun
+from conftest import (
+    BIN,
+    HANG_GUARD_S,
+    HELPERS,
+    MNIST,
+    ROOT,
+    final_record,
+    job_env,
+    load_checkpoint,
+    max_abs_diff,
+    mpirun,
+    read_records,
+    worker_pids,
+)
 
 HYBRID = ROOT / "recipes" / "pytorch" / "hybrid_parallel.py"
+PS = ROOT / "recipes" / "pytorch" / "parameter_server.py"
 # Plain SGD steps from the same start: no LR scaling or warmup, so every run takes the same LR.
 STEPS = ["--epochs", "1", "--max-steps", "8", "--no-progress", "--lr-scaling", "none",
          "--warmup-epochs", "0"]
@@ -29,11 +47,20 @@ def run_single(tmp: Path, name: str, batch: int, *extra: str) -> dict:
     return final_record(out / "m.jsonl")
 
 
-def run_hybrid(tmp: Path, name: str, np: int, *flags: str, check: bool = True):
+def run_recipe(recipe: Path, tmp: Path, name: str, np: int, *flags: str, check: bool = True):
+    """``mpirun -np N recipe STEPS flags``: (the job, its final record if it succeeded)."""
     out = tmp / name
-    proc = mpirun(np, [HYBRID, *STEPS, "--checkpoint-dir", out / "ckpt", "--metrics-file",
+    proc = mpirun(np, [recipe, *STEPS, "--checkpoint-dir", out / "ckpt", "--metrics-file",
                        out / "m.jsonl", *flags], cwd=tmp, extra=["--oversubscribe"], check=check)
     return proc, (final_record(out / "m.jsonl") if check else None)
+
+
+def run_hybrid(tmp: Path, name: str, np: int, *flags: str, check: bool = True):
+    return run_recipe(HYBRID, tmp, name, np, *flags, check=check)
+
+
+def run_ps(tmp: Path, name: str, np: int, *flags: str, check: bool = True):
+    return run_recipe(PS, tmp, name, np, *flags, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +147,120 @@ def test_hybrid_needs_an_mpi_launch(tmp_path):
     proc = horovodrun(2, [HYBRID, *STEPS, "--checkpoint-dir", ""], cwd=tmp_path, check=False)
     assert proc.returncode != 0
     assert "error: the pipeline (hybrid_parallel.py) needs an MPI launch" in proc.stderr
+
+
+# --- parameter servers -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("np, servers", [(3, 1), (4, 2)], ids=["W2xP1", "W2xP2"])
+def test_sync_parameter_server_equals_synchronous_data_parallelism(tmp_path, reference, np,
+                                                                   servers):
+    """2 workers with batch 16 pushing to the servers, synchronously, train what the MNIST
+    recipe trains with the global batch of 32 (and so what Horovod's 2-worker run trains)."""
+    proc, final = run_ps(tmp_path, "ps", np, "--servers", str(servers), "--batch-size", "16")
+    assert f"2 worker(s), {servers} server(s), sync" in proc.stdout
+    assert max_abs_diff(load_checkpoint(final["checkpoint"])["model"],
+                        load_checkpoint(reference["checkpoint"])["model"]) < 1e-5
+    assert final["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
+    assert final["staleness_max"] == 0 and final["lead_max"] == 0
+    # Each worker pushes the whole gradient (the MNIST CNN's 151,306 fp32 numbers) every step;
+    # the servers send each worker its share of the parameters back.
+    grads = 151_306 * 4
+    assert final["roles"] == ["worker"] * 2 + ["server"] * servers
+    assert final["bytes_sent_per_step_by_rank"][:2] == [grads, grads]
+    assert sum(final["bytes_sent_per_step_by_rank"][2:]) == 2 * grads
+
+
+def test_parameter_server_resumes_on_other_servers(tmp_path):
+    """A sync run's first epoch on 1 server, continued on 2: the same as 2 epochs in one process
+    (the checkpoint holds the whole model and its momentum by name)."""
+    two = ["--epochs", "2", "--max-steps", "1000", "--lr-decay", "none"]
+    run_ps(tmp_path, "run", 3, "--servers", "1", "--batch-size", "16", *two, "--epochs", "1")
+    proc, final = run_ps(tmp_path, "run", 4, "--servers", "2", "--batch-size", "16", *two)
+    assert "resumed from" in proc.stdout
+    single = run_single(tmp_path, "single", 32, *two)
+    assert max_abs_diff(load_checkpoint(final["checkpoint"])["model"],
+                        load_checkpoint(single["checkpoint"])["model"]) < 1e-5
+
+
+def run_async_with_a_slow_worker(tmp: Path, name: str, *flags: str) -> dict:
+    out = tmp / name
+    mpirun(4, [HELPERS / "slow_worker.py", "1", "0.02", *STEPS, "--max-steps", "60",
+               "--mode", "async", "--checkpoint-dir", "", "--metrics-file", out / "m.jsonl",
+               *flags], cwd=tmp, extra=["--oversubscribe"])
+    return final_record(out / "m.jsonl")
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_async_staleness_is_bounded_and_reported(tmp_path, k):
+    """Worker 1 sleeps 20 ms a step: the other two run ahead of it by exactly --max-staleness
+    steps, no more; without a bound they run further."""
+    bounded = run_async_with_a_slow_worker(tmp_path, f"k{k}", "--max-staleness", str(k))
+    assert bounded["lead_max"] == k
+    workers = 3
+    # between a worker's pull and its push, each other worker pushes at most 2K+1 times
+    assert 0 < bounded["staleness_max"] <= (workers - 1) * (2 * k + 1)
+    assert bounded["staleness_mean"] > 0 and bounded["mode"] == "async"
+    if k == 2:
+        free = run_async_with_a_slow_worker(tmp_path, "free")
+        assert free["lead_max"] > k and free["max_staleness"] is None
+
+
+@pytest.mark.parametrize("np, flags, message", [
+    (2, ["--servers", "2"], "error: --servers 2 leaves no worker in a job of 2 rank(s); use at most 1"),
+    (2, ["--mode", "sync", "--max-staleness", "2"],
+     "error: --max-staleness applies to --mode async only"),
+    (2, ["--use-adasum"], "error: Horovod's gradient flags"),
+], ids=["servers>=world", "staleness-in-sync", "gradient-flags"])
+def test_bad_parameter_server_settings_are_one_line_errors(tmp_path, np, flags, message):
+    proc, _ = run_ps(tmp_path, "bad", np, *flags, check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.count(message) == np, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_more_servers_than_tensors_is_an_error():
+    from common.config import ConfigError
+    from common.param_server import shard_names
+    from recipes.pytorch.mnist import Net
+
+    assert shard_names(Net(), 2) == [["fc1.weight"], ["conv1.weight", "conv1.bias", "conv2.weight",
+                                                      "conv2.bias", "fc1.bias", "fc2.weight",
+                                                      "fc2.bias"]]
+    with pytest.raises(ConfigError, match="--servers 9 is more than the model's 8"):
+        shard_names(Net(), 9)
+
+
+@pytest.mark.parametrize("victim", ["worker", "server"])
+def test_a_dead_worker_or_server_ends_the_job(tmp_path, victim, fault_record):
+    """SIGKILL one rank mid-run (async, so the others are busy talking to it): the job ends
+    with an error instead of waiting for it forever."""
+    metrics = tmp_path / "m.jsonl"
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    cmd = ["mpirun", *root, "--oversubscribe", "-np", "3", "-bind-to", "none", "-x", "PYTHONPATH",
+           "-x", "PATH", str(BIN / "python"), str(PS), "--mode", "async", "--epochs", "50",
+           "--no-progress", "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-file",
+           str(metrics)]
+    job = subprocess.Popen(cmd, cwd=tmp_path, env=job_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    hung = False
+    try:
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not (metrics.exists() and read_records(metrics)):  # an epoch is done
+            assert job.poll() is None, job.stdout.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        rank = "1" if victim == "worker" else "2"
+        pids = worker_pids(PS, f"OMPI_COMM_WORLD_RANK={rank}")
+        assert len(pids) == 1, pids
+        os.kill(pids[0], signal.SIGKILL)
+        try:
+            output, _ = job.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            hung = True
+            raise
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+        fault_record.append({"hung": hung, "lost": 0 if (tmp_path / "ckpt").exists() and any(
+            p.suffix == ".pt" for p in (tmp_path / "ckpt").iterdir()) else 1})
+    assert job.returncode != 0, output[-3000:]
