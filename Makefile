@@ -3,7 +3,7 @@ VENV ?= .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 NP ?= 2
 
-.PHONY: setup train test lint check-build doctor bench clean
+.PHONY: setup train test lint check-build doctor bench compare-strategies clean
 
 setup:
 	@bash setup/setup.sh
@@ -30,6 +30,12 @@ doctor: setup
 # part of `make test`). Flags: make bench BENCH_ARGS="--np 2 --rounds 3".
 bench: setup
 	python -m benchmarks.bench $(BENCH_ARGS)
+
+# Data parallelism, hybrid parallelism and parameter servers (sync, async) on the same 4
+# processes: throughput, bytes, accuracy (about 10 minutes; not part of `make test`).
+# Flags: make compare-strategies STRATEGY_ARGS="--epochs 6 --steps 10".
+compare-strategies: setup
+	python -m benchmarks.strategies $(STRATEGY_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache .setup-logs

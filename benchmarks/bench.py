@@ -61,7 +61,14 @@ class Row:
         return statistics.median(self.rates) if self.rates else None
 
 
-def _mpirun(n: int) -> list[str]:
+def launch_env() -> dict[str, str]:
+    """The user's environment, with this checkout and its virtual environment first."""
+    return dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1")
+
+
+def mpirun_command(n: int) -> list[str]:
+    """``mpirun -np N`` as this machine needs it (root, more ranks than cores)."""
     cmd = ["mpirun", "-np", str(n)]
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
@@ -93,7 +100,7 @@ def build_rows(a: argparse.Namespace, data_dir: str) -> list[Row]:
         Row("horovodrun (default)", "pytorch", [[*horovodrun, py, *torch_recipe]], "benchmark"),
         Row("horovodrun --gloo", "pytorch", [[*horovodrun, "--gloo", py, *torch_recipe]],
             "benchmark"),
-        Row("mpirun", "pytorch", [[*_mpirun(n), py, *torch_recipe]], "benchmark"),
+        Row("mpirun", "pytorch", [[*mpirun_command(n), py, *torch_recipe]], "benchmark"),
         Row("torchrun DDP (gloo)", "pytorch",
             [[str(BIN / "torchrun"), "--nproc_per_node", str(n), "-m", "benchmarks.torch_baseline",
               *baseline]],
@@ -108,11 +115,13 @@ def build_rows(a: argparse.Namespace, data_dir: str) -> list[Row]:
     ]
 
 
-def run_row(row: Row, env: dict[str, str], timeout: float, work: Path) -> None:
-    """Run the row's commands side by side once; add the sum of their rates to ``row.rates``."""
-    files = [work / f"{abs(hash(row.name))}-{len(row.rates)}-{i}.jsonl" for i in range(len(row.commands))]
+def run_side_by_side(commands: list[list[str]], files: list[Path], env: dict[str, str],
+                     timeout: float) -> list[tuple[int, str]]:
+    """Start every command (each with ``--metrics-file`` its file) at once and wait for all:
+    their (exit status, output). On ``timeout`` seconds every launcher and every worker it
+    started is killed and TimeoutError raised."""
     procs = []
-    for cmd, path in zip(row.commands, files, strict=True):
+    for cmd, path in zip(commands, files, strict=True):
         path.unlink(missing_ok=True)
         procs.append(subprocess.Popen([*cmd, "--metrics-file", str(path)], cwd=ROOT, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -126,15 +135,28 @@ def run_row(row: Row, env: dict[str, str], timeout: float, work: Path) -> None:
             for q in procs:  # the launcher and every worker it started
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(q.pid, signal.SIGKILL)
-            row.error = f"timed out after {timeout:.0f} s"
-            return
+            raise TimeoutError(f"timed out after {timeout:.0f} s") from None
+    return [(p.returncode, text) for p, text in zip(procs, outputs, strict=True)]
+
+
+def last_line(text: str) -> str:
+    return ([ln for ln in text.splitlines() if ln.strip()][-1:] or ["no output"])[0][:200]
+
+
+def run_row(row: Row, env: dict[str, str], timeout: float, work: Path) -> None:
+    """Run the row's commands side by side once; add the sum of their rates to ``row.rates``."""
+    files = [work / f"{abs(hash(row.name))}-{len(row.rates)}-{i}.jsonl" for i in range(len(row.commands))]
+    try:
+        finished = run_side_by_side(row.commands, files, env, timeout)
+    except TimeoutError as e:
+        row.error = str(e)
+        return
     total = 0.0
-    for p, path, text in zip(procs, files, outputs, strict=True):
+    for (code, text), path in zip(finished, files, strict=True):
         records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
         found = [r for r in records if r.get("type") == row.record]
-        if p.returncode or not found:
-            last = [ln for ln in text.splitlines() if ln.strip()][-1:] or ["no output"]
-            row.error = f"exit {p.returncode}: {last[0][:200]}"
+        if code or not found:
+            row.error = f"exit {code}: {last_line(text)}"
             return
         total += found[-1]["img_per_sec_total" if row.record == "benchmark" else "samples_per_sec"]
     row.rates.append(total)
@@ -246,8 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1")
+    env = launch_env()
     user_tuning = {k: v for k, v in os.environ.items() if k.startswith(TUNING_PREFIXES)}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         work = Path(tmp)

@@ -90,6 +90,9 @@ class ServerConfig:
                               "parameter servers")
         if cfg.run.amp:
             raise ConfigError("--amp is not supported by the parameter servers (fp32 only)")
+        if cfg.run.mpi_groups > 1:
+            raise ConfigError("--mpi-groups does not combine with parameter servers (they use "
+                              "the whole MPI world)")
         return sc
 
 
@@ -349,9 +352,13 @@ class ParameterServerBackend(SpreadState, TorchBackend):
         return {n: p.reshape(self.shapes[n]).clone() for n, p in zip(self.names, parts, strict=True)}
 
     def part_state(self) -> dict | None:
-        """A server's parameters and optimizer state, by name in the whole model."""
+        """A server's parameters and optimizer state, by name in the whole model; rank 0 (a
+        worker) offers the model's buffers (batch norm's running statistics are the workers')."""
         if not self.is_server:
-            return None
+            if self.runtime().rank != 0:
+                return None
+            return {"model": {k: v.detach().clone() for k, v in self.model.named_buffers()},
+                    "optimizer": {"state": {}, "param_groups": []}}
         sd = self.optimizer.state_dict()
         groups = [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]]
         state = {}

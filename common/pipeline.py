@@ -126,6 +126,9 @@ class PipelineConfig:
                               "--micro-batches instead; leave it at 1")
         if cfg.run.amp:
             raise ConfigError("--amp is not supported by the pipeline (fp32 only)")
+        if cfg.run.mpi_groups > 1:
+            raise ConfigError("--mpi-groups does not combine with the pipeline (it uses the "
+                              "whole MPI world)")
         return pc
 
 
@@ -153,10 +156,12 @@ def init_pipeline(cfg: TrainConfig, pc: PipelineConfig):
     communicator. Bad layouts are one-line errors on every rank, before Horovod starts."""
     world = mpi_world("the pipeline (hybrid_parallel.py)")
     layout = pc.layout(world.Get_size())
+    # Horovod registers neither 1-rank process sets nor one of every rank (the global set).
     sets = ([hvd.ProcessSet(layout.stage_ranks(s)) for s in range(layout.stages)]
-            if layout.replicas > 1 else [])  # Horovod registers no 1-rank process sets
+            if layout.replicas > 1 and layout.stages > 1 else [])
     rt = init(cfg, comm=world, process_sets=sets)
-    stage_set = sets[layout.stage_of(rt.rank)] if sets else None
+    stage_set = (sets[layout.stage_of(rt.rank)] if sets else
+                 hvd.global_process_set if layout.replicas > 1 else None)
     return rt, layout, stage_set, world.Dup()
 
 
@@ -182,10 +187,12 @@ class PipelineBackend(SpreadState, TorchBackend):
         # Per-sample shape of what enters each stage (a probe through the whole model).
         x = train_set[0][0].unsqueeze(0)
         self.in_shapes = []
+        model.eval()  # one sample: batch norm must not take batch statistics
         with torch.no_grad():
             for names in self.stage_names:
                 self.in_shapes.append(tuple(x.shape[1:]))
                 x = Stage(model, names)(x)
+        model.train()
         module = Stage(model, self.stage_names[self.stage]).to(rt.device)
         self.param_names = [n for n, _ in module.named_parameters()]
         optimizer = make_optimizer(list(module.parameters()))
@@ -194,7 +201,7 @@ class PipelineBackend(SpreadState, TorchBackend):
                                               backward_passes=pc.micro_batches)
         super().__init__(rt, cfg, module, optimizer, loss_fn, train_set, val_set,
                          num_classes=num_classes)
-        self.times = StepTimes(f"stage {self.stage}")
+        self.times = StepTimes(f"stage {self.stage}" if layout.stages > 1 else "worker")
 
     # --- layout ---------------------------------------------------------------------------------
     def data_parallel(self) -> tuple[int, int]:

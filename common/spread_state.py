@@ -34,8 +34,8 @@ def load_named_optimizer_state(optimizer: torch.optim.Optimizer, names: list[str
 
 def merge(parts: list[dict]) -> dict:
     """The whole state from the parts (``{"model": {name: tensor}, "optimizer": named}``)."""
-    whole = {"model": {}, "optimizer": {"state": {}, "param_groups":
-                                        parts[0]["optimizer"]["param_groups"]}, "scaler": None}
+    groups = next(p["optimizer"]["param_groups"] for p in parts if p["optimizer"]["param_groups"])
+    whole = {"model": {}, "optimizer": {"state": {}, "param_groups": groups}, "scaler": None}
     for p in parts:
         whole["model"].update(p["model"])
         whole["optimizer"]["state"].update(p["optimizer"]["state"])

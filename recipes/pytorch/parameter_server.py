@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from common.config import parse_config
-from common.data import load_mnist_or_digits
 from common.failure import run_main
 from common.param_server import ParameterServerBackend, ServerConfig, init_param_server
 from common.trainer import fit
-from recipes.pytorch.mnist import Net, as_tensors
+from recipes.pytorch import models
 from recipes.shared import mnist_parser
 
 RECIPE = "pytorch/parameter_server"
@@ -33,19 +32,20 @@ RECIPE = "pytorch/parameter_server"
 def main(argv: list[str] | None = None) -> None:
     parser = mnist_parser(__doc__.splitlines()[0], RECIPE)
     ServerConfig.add_flags(parser)  # distributed: --servers, --mode, --max-staleness
+    models.add_flags(parser)  # --model cnn|resnet18, --synthetic N
     cfg, args = parse_config(parser, argv)
     sc = ServerConfig.from_args(args, cfg)
     rt, roles, comm = init_param_server(cfg, sc)  # distributed: MPI, roles
-    train_set, val_set = load_mnist_or_digits(cfg.run.data_dir, cfg.run.folds, cfg.run.fold)
+    model, train_set, val_set, data_name = models.build(args, cfg)
 
     def sgd(params: list) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=cfg.schedule.base_lr, momentum=cfg.optimizer.momentum,
                                weight_decay=cfg.optimizer.weight_decay)
 
-    backend = ParameterServerBackend(rt, cfg, sc, roles, comm, Net(), sgd,  # distributed
-                                     F.cross_entropy, as_tensors(train_set), as_tensors(val_set),
+    backend = ParameterServerBackend(rt, cfg, sc, roles, comm, model, sgd,  # distributed
+                                     F.cross_entropy, train_set, val_set,
                                      num_classes=10)
-    fit(backend, cfg, RECIPE, vars(args), f" ({train_set.name}; {backend.describe()})")
+    fit(backend, cfg, RECIPE, vars(args), f" ({data_name}, {args.model}; {backend.describe()})")
 
 
 if __name__ == "__main__":
