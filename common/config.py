@@ -272,6 +272,15 @@ class TrainConfig:
             output=dataclasses.replace(self.output, log_dir=sub(self.output.log_dir),
                                        metrics_file=sub(self.output.metrics_file, is_file=True)))
 
+    def require_defaults(self, who: str, *names: str) -> None:
+        """ConfigError for the first of these flags not at its default: it does not apply to
+        ``who`` (a recipe or strategy that has no use for it)."""
+        default = TrainConfig().as_dict()
+        mine = self.as_dict()
+        for name in names:
+            if mine[name] != default[name]:
+                raise ConfigError(f"--{_flag(name)} does not apply to {who}")
+
     def as_dict(self) -> dict[str, Any]:
         """Every flag's value by name, flat (as flags and YAML keys spell them); the K-fold
         flags only when set (recipes without ``--folds`` have no such flags)."""

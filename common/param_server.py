@@ -82,17 +82,10 @@ class ServerConfig:
     def from_args(cls, args: argparse.Namespace, cfg: TrainConfig) -> ServerConfig:
         sc = cls(args.servers, args.mode, args.max_staleness)
         sc.validate()
-        g = cfg.gradients
-        if g.batches_per_allreduce != 1 or g.use_adasum or g.fp16_allreduce or (
-                g.gradient_predivide_factor != 1.0):
-            raise ConfigError("Horovod's gradient flags (--batches-per-allreduce, --use-adasum, "
-                              "--fp16-allreduce, --gradient-predivide-factor) do not apply to "
-                              "parameter servers")
-        if cfg.run.amp:
-            raise ConfigError("--amp is not supported by the parameter servers (fp32 only)")
-        if cfg.run.mpi_groups > 1:
-            raise ConfigError("--mpi-groups does not combine with parameter servers (they use "
-                              "the whole MPI world)")
+        # No Horovod allreduce of gradients; fp32 only; they use the whole MPI world.
+        cfg.require_defaults("parameter servers (parameter_server.py)", "batches_per_allreduce",
+                             "use_adasum", "fp16_allreduce", "gradient_predivide_factor", "amp",
+                             "mpi_groups")
         return sc
 
 

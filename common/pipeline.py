@@ -121,14 +121,9 @@ class PipelineConfig:
         if cfg.run.batch_size < pc.micro_batches:
             raise ConfigError(f"--batch-size {cfg.run.batch_size} is smaller than "
                               f"--micro-batches {pc.micro_batches}")
-        if cfg.gradients.batches_per_allreduce != 1:
-            raise ConfigError("--batches-per-allreduce: a pipeline accumulates over its "
-                              "--micro-batches instead; leave it at 1")
-        if cfg.run.amp:
-            raise ConfigError("--amp is not supported by the pipeline (fp32 only)")
-        if cfg.run.mpi_groups > 1:
-            raise ConfigError("--mpi-groups does not combine with the pipeline (it uses the "
-                              "whole MPI world)")
+        # fp32 only; it accumulates over its micro-batches; it uses the whole MPI world.
+        cfg.require_defaults("the pipeline (hybrid_parallel.py)", "batches_per_allreduce", "amp",
+                             "mpi_groups")
         return pc
 
 

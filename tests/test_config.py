@@ -163,3 +163,11 @@ def test_only_recipes_with_folds_take_the_flags():
     assert (cfg.run.folds, cfg.run.fold) == (3, 1)
     with pytest.raises(ConfigError, match="unrecognized arguments: --folds"):
         parse_config(core_parser("t"), ["--folds", "3", "--fold", "1"])
+
+
+def test_a_strategy_refuses_core_flags_it_has_no_use_for():
+    from common.config import ConfigError, TrainConfig
+
+    TrainConfig().require_defaults("x", "amp", "mpi_groups")
+    with pytest.raises(ConfigError, match="--mpi-groups does not apply to the pipeline"):
+        TrainConfig.from_flags(mpi_groups=2).require_defaults("the pipeline", "amp", "mpi_groups")

@@ -209,7 +209,7 @@ def test_async_staleness_is_bounded_and_reported(tmp_path, k):
     (2, ["--servers", "2"], "error: --servers 2 leaves no worker in a job of 2 rank(s); use at most 1"),
     (2, ["--mode", "sync", "--max-staleness", "2"],
      "error: --max-staleness applies to --mode async only"),
-    (2, ["--use-adasum"], "error: Horovod's gradient flags"),
+    (2, ["--use-adasum"], "error: --use-adasum does not apply to parameter servers"),
 ], ids=["servers>=world", "staleness-in-sync", "gradient-flags"])
 def test_bad_parameter_server_settings_are_one_line_errors(tmp_path, np, flags, message):
     proc, _ = run_ps(tmp_path, "bad", np, *flags, check=False)
