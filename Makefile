@@ -3,7 +3,7 @@ VENV ?= .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 NP ?= 2
 
-.PHONY: setup train test lint check-build doctor bench compare-strategies clean
+.PHONY: setup train test lint check-build doctor bench compare-strategies docker-test clean
 
 setup:
 	@bash setup/setup.sh
@@ -36,6 +36,12 @@ bench: setup
 # Flags: make compare-strategies STRATEGY_ARGS="--epochs 6 --steps 10".
 compare-strategies: setup
 	python -m benchmarks.strategies $(STRATEGY_ARGS)
+
+# The CPU image built and trained in, and the 2-container cluster under horovodrun and mpirun,
+# with a worker container killed mid-run (docker/harness.sh; starts dockerd as root if none runs;
+# about 15 minutes the first time, 25 GB of disk; not part of `make test` unless an engine runs).
+docker-test:
+	bash docker/harness.sh
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache .setup-logs

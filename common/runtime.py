@@ -14,11 +14,13 @@ already set it there; what was used is :data:`SETTINGS`, shown in the run's conf
 from __future__ import annotations
 
 import functools
+import math
 import os
 import random
 import sys
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -57,12 +59,63 @@ _chosen = False
 GLOO_CPU_CYCLE_TIME_MS = "5"
 
 
-def cpu_cores() -> int:
-    """The cores this process may run on."""
+def cpu_cores(cgroup_fs: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int:
+    """The cores this process may run on: its CPU affinity, capped by its cgroup's CPU quota
+    rounded up (a container started with ``--cpus 1``, a Kubernetes CPU limit), which the
+    affinity does not show: every container on a host would otherwise size its threads for all
+    of the host's cores (README, "Docker", has what that cost)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_fs, proc_cgroup)
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def cgroup_cpu_quota(cgroup_fs: str = "/sys/fs/cgroup",
+                     proc_cgroup: str = "/proc/self/cgroup") -> float | None:
+    """The CPU quota (in cores) of this process's cgroup and its ancestors, the smallest one;
+    None when none is set or none can be read. cgroup v2 (``cpu.max``) and v1
+    (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``). Inside a container without a cgroup
+    namespace the path in ``/proc/self/cgroup`` is the host's; the mount's root is the
+    container's own cgroup then, so it is read too."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    quotas = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: one unified hierarchy
+            dirs, read = [Path(cgroup_fs)], _cpu_max
+        elif "cpu" in controllers.split(","):
+            dirs, read = [Path(cgroup_fs, c) for c in (controllers, "cpu")], _cfs_quota
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        for base in dirs:
+            for depth in range(len(parts) + 1):
+                quota = read(base.joinpath(*parts[:depth]))
+                if quota:
+                    quotas.append(quota)
+    return min(quotas) if quotas else None
+
+
+def _cpu_max(folder: Path) -> float | None:
+    try:
+        limit, period = (folder / "cpu.max").read_text().split()[:2]
+        return int(limit) / int(period) if limit != "max" else None
+    except (OSError, ValueError):
+        return None
+
+
+def _cfs_quota(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def launched_local_size(environ: Mapping[str, str]) -> int:

@@ -1,34 +1,86 @@
 #!/usr/bin/env bash
-# harness.sh (WORK IN PROGRESS, issue 13): build docker/Dockerfile.cpu unchanged and train in it on a
-# machine whose Docker engine cannot pull images: start or reach an engine, stand in for the base
-# image with a debootstrapped Debian bookworm (its Python 3.11 and headers, the host CA bundle),
-# build, run the demo training and the doctor.
+# harness.sh: `make docker-test` - the Docker images and the 2-container cluster verified for real.
+#
+# On a machine whose Docker engine cannot pull images (as here: no registry reachable) it
+#   1. reaches or starts an engine (as root: Debian's docker.io and docker-compose from apt);
+#   2. stands in for the base image it cannot pull: a debootstrapped Debian bookworm with the same
+#      Python 3.11 and its headers, tagged python:3.11-slim-bookworm, carrying the host's CA
+#      bundle (PIP_CERT) so that pip inside the build reaches PyPI;
+#   3. builds docker/Dockerfile.cpu unchanged (build arguments only: torch from PyPI when
+#      PyTorch's CPU wheel index cannot be reached, and it says so);
+#   4. runs the image's default command (the demo training, 2 workers) and `common.doctor`;
+#   5. runs docker/compose.yaml's cluster: horovodrun across the containers over ssh (compose's
+#      own command), mpirun across them, and a run whose worker container is killed mid-run: the
+#      job must end (no hang) and a rerun resumes from the checkpoint rank 0 saved.
+# Where no engine can run it says so and exits 0 (skipped). Exit 1 on any failed check.
+#
+# Environment: DEBIAN_MIRROR (debootstrap's), DOCKER_TEST_KILL_TIMEOUT (s, default 120).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BASE=python:3.11-slim-bookworm
 IMAGE=horovod-recipes:cpu
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-say() { echo "docker-test: $*"; }
+KILL_TIMEOUT="${DOCKER_TEST_KILL_TIMEOUT:-120}"
+PROJECT=horovod-recipes-test
+NEED_GB=25  # the image is ~9.4 GB (torch's CUDA wheel from PyPI); committing a layer takes twice that
+SSHD="/usr/sbin/sshd -f /home/hvd/.ssh/sshd_config"
+RECIPE=/opt/horovod-recipes/recipes/pytorch/mnist.py
+HOSTS="-np 2 -H launcher:1,worker:1"
+T0=$SECONDS
+say() { echo "docker-test [$((SECONDS - T0))s]: $*"; }
+fail() { say "FAILED: $*"; exit 1; }
+# What the recipes print: without TensorFlow's start-up lines (issue 14 quiets those at the source)
+# and without Open MPI's per-rank tags ([1,0]<stdout>:).
+ours() {
+  { grep -vE "absl::|oneDNN|cuda drivers|cpu_feature_guard|AVX|TF_ENABLE_ONEDNN" || true; } \
+    | sed -E 's/^\[[0-9]+,[0-9]+\]<std(out|err)>://'
+}
+# show PATTERN: the lines of stdin that match, indented (none is not an error here).
+show() { { grep -E "$1" || true; } | sed 's/^/  /'; }
+
+apt_install() {
+  [ "$(id -u)" = 0 ] || return 1
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
 
 ensure_engine() {
   docker info >/dev/null 2>&1 && return
   if ! command -v dockerd >/dev/null; then
-    [ "$(id -u)" = 0 ] || { say "no Docker engine and not root: skipped"; exit 0; }
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap
+    apt_install docker.io || { say "no Docker engine, and docker.io cannot be installed (not root): skipped"; exit 0; }
   fi
+  say "starting dockerd (log: /tmp/horovod-recipes-dockerd.log)"
   (nohup dockerd >/tmp/horovod-recipes-dockerd.log 2>&1 &)
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && return; sleep 1; done
   say "dockerd did not start (see /tmp/horovod-recipes-dockerd.log): skipped"; exit 0
 }
 
+# COMPOSE: Docker's compose plugin if there is one, else Debian's docker-compose (1.29).
+find_compose() {
+  if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose)
+  else
+    command -v docker-compose >/dev/null || apt_install docker-compose || fail "no docker compose"
+    COMPOSE=(docker-compose)
+  fi
+  COMPOSE+=(-p "$PROJECT" -f docker/compose.yaml)
+  say "compose: $("${COMPOSE[@]}" version 2>/dev/null | head -1)"
+}
+
+check_disk() {
+  local root free
+  root="$(docker info -f '{{.DockerRootDir}}')"
+  free=$(( $(df -Pk "$root" | awk 'NR==2 {print $4}') / 1024 / 1024 ))
+  [ "$free" -ge "$NEED_GB" ] \
+    || fail "$free GB free under $root; the build needs about $NEED_GB GB (docker image prune, or free disk)"
+}
+
 stand_in_base() {
-  docker image inspect "$BASE" >/dev/null 2>&1 && return
-  docker pull "$BASE" >/dev/null 2>&1 && return
-  say "$BASE cannot be pulled: building a stand-in (debootstrap bookworm, Python 3.11)"
-  command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap
+  docker image inspect "$BASE" >/dev/null 2>&1 && { say "$BASE: present"; return; }
+  docker pull "$BASE" >/dev/null 2>&1 && { say "$BASE: pulled"; return; }
+  say "$BASE cannot be pulled: building a stand-in (debootstrap bookworm, its Python 3.11 and headers)"
+  command -v debootstrap >/dev/null || apt_install debootstrap || fail "debootstrap missing"
   local root; root="$(mktemp -d)"
   debootstrap --variant=minbase --include=python3,python3-dev,python3-venv,python3-pip,ca-certificates \
-    bookworm "$root" "$MIRROR" >/dev/null
+    bookworm "$root" "$MIRROR" >/dev/null || fail "debootstrap"
   ln -sf /usr/bin/python3 "$root/usr/local/bin/python"
   cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
@@ -42,17 +94,105 @@ stand_in_base() {
 build() {
   local args=()
   if ! curl -sfI --max-time 10 https://download.pytorch.org/whl/cpu/ >/dev/null; then
-    say "PyTorch's CPU wheel index cannot be reached: torch comes from PyPI (its CUDA build)"
+    say "PyTorch's CPU wheel index cannot be reached: torch comes from PyPI (its CUDA build, a larger image)"
     args=(--build-arg TORCH_INDEX_URL=)
   fi
-  docker build -f docker/Dockerfile.cpu "${args[@]}" -t "$IMAGE" .
+  local start=$SECONDS
+  docker build -f docker/Dockerfile.cpu "${args[@]}" -t "$IMAGE" . >/tmp/horovod-recipes-build.log 2>&1 \
+    || { tail -30 /tmp/horovod-recipes-build.log; fail "docker build (log: /tmp/horovod-recipes-build.log)"; }
+  docker image prune -f >/dev/null  # the image this build replaced
+  say "built $IMAGE in $((SECONDS - start)) s, $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1/1e9}')"
+}
+
+demo() {
+  local out
+  out="$(docker run --rm "$IMAGE" 2>&1 | ours)"
+  echo "$out" | show "^(runtime settings|final):"
+  grep -q "^final: val accuracy .* on 2 worker(s)" <<<"$out" || fail "the demo printed no final line"
+  out="$(docker run --rm "$IMAGE" python -m common.doctor 2>&1)" || { echo "$out"; fail "common.doctor inside the image"; }
+  echo "$out" | ours | show "."
+  say "demo and doctor: ok"
+}
+
+# launch COMMAND...: runs COMMAND in a launcher container (its sshd up) beside the worker.
+launch() {
+  "${COMPOSE[@]}" run --rm --no-deps launcher bash -c "$SSHD && $*" 2>&1 | ours
+}
+
+cluster() {
+  "${COMPOSE[@]}" down -v >/dev/null 2>&1 || true
+  local out
+  # 1. compose's own command: horovodrun from launcher over ssh to worker.
+  out="$("${COMPOSE[@]}" up --no-build --no-color --abort-on-container-exit --exit-code-from launcher 2>&1 \
+    | sed -E 's/^[a-zA-Z0-9_-]+ +\| //' | ours)" \
+    || { echo "$out" | tail -20; fail "compose up (horovodrun across the containers)"; }
+  echo "$out" | show "^(runtime settings|final):"
+  grep -q "^final: val accuracy .* on 2 worker(s)" <<<"$out" || fail "horovodrun across the containers: no final line"
+  say "horovodrun -H launcher:1,worker:1 (compose up): ok"
+
+  "${COMPOSE[@]}" up -d --no-build worker >/dev/null 2>&1
+  # 2. each rank on its own container, then a training, under mpirun.
+  out="$(launch "mpirun $HOSTS hostname && mpirun $HOSTS python $RECIPE --epochs 2 \
+    --checkpoint-dir runs/mpirun/checkpoints --metrics-file runs/mpirun/metrics.jsonl")" || true
+  [ "$(echo "$out" | grep -xE 'launcher|worker' | sort | tr '\n' ' ')" = "launcher worker " ] \
+    || { echo "$out" | tail -20; fail "mpirun did not start one rank in each container"; }
+  grep -q "^final: val accuracy .* on 2 worker(s)" <<<"$out" || { echo "$out" | tail -20; fail "mpirun across the containers"; }
+  echo "$out" | show "^final:"
+  say "mpirun -H launcher:1,worker:1: ok (one rank in each container)"
+
+  # 3. kill the worker container mid-run, under each launcher: the job ends, the rerun resumes.
+  local launcher
+  for launcher in "horovodrun -p 2222" mpirun; do
+    "${COMPOSE[@]}" up -d --no-build worker >/dev/null 2>&1
+    kill_worker "$launcher"
+  done
+  "${COMPOSE[@]}" down -v >/dev/null 2>&1
+}
+
+kill_worker() {
+  local launcher="$1" log name epochs=60
+  name="${launcher%% *}"
+  log="$(mktemp)"
+  local args="python $RECIPE --epochs $epochs --checkpoint-dir runs/kill-$name/checkpoints \
+    --metrics-file runs/kill-$name/metrics.jsonl"
+  # Unfiltered (a filter would hold the lines back): the tags stay, so match anywhere in a line.
+  "${COMPOSE[@]}" run --rm --no-deps launcher bash -c "$SSHD && $launcher $HOSTS $args" >"$log" 2>&1 &
+  local job=$!
+  for _ in $(seq 600); do grep -q "epoch 3/" "$log" && break; sleep 0.2; done
+  grep -q "epoch 3/" "$log" || { tail -20 "$log"; fail "$name: no epoch 3 before the kill"; }
+  kill -0 "$job" 2>/dev/null || fail "$name: the job ended before the worker could be killed"
+  docker kill "$("${COMPOSE[@]}" ps -q worker)" >/dev/null
+  local killed=$SECONDS before
+  before="$(grep -oE "epoch [0-9]+/$epochs" "$log" | tail -1)"
+  while kill -0 "$job" 2>/dev/null && [ $((SECONDS - killed)) -lt "$KILL_TIMEOUT" ]; do sleep 1; done
+  if kill -0 "$job" 2>/dev/null; then
+    docker ps -q --filter "name=${PROJECT}_launcher_run" --filter "name=${PROJECT}-launcher-run" | xargs -r docker kill
+    fail "$name: still running $KILL_TIMEOUT s after the worker container was killed (a hang)"
+  fi
+  local rc=0
+  wait "$job" || rc=$?
+  [ "$rc" != 0 ] || fail "$name: the job exited 0 although its worker was killed"
+  grep -q "final:" "$log" && fail "$name: the run finished before the kill"
+  say "$name: worker container killed after $before; the job ended $((SECONDS - killed)) s later (exit $rc)"
+  "${COMPOSE[@]}" up -d --no-build worker >/dev/null 2>&1
+  local out
+  out="$(launch "$launcher $HOSTS $args")" || true
+  echo "$out" | show "^(resumed|final)"
+  grep -qE "^resumed from .*\(epoch ([3-9]|[1-5][0-9]), " <<<"$out" \
+    || { echo "$out" | tail -20; fail "$name: the rerun did not resume from a checkpoint of epoch 3 to 59"; }
+  grep -q "^final: val accuracy .* on 2 worker(s)" <<<"$out" || fail "$name: the resumed run did not finish"
+  rm -f "$log"
 }
 
 ensure_engine
+find_compose
 stand_in_base
-build
-out="$(docker run --rm "$IMAGE" 2>&1)"
-echo "$out" | tail -3
-echo "$out" | grep -q "final: val accuracy" || { say "the demo training printed no final line"; exit 1; }
-docker run --rm "$IMAGE" python -m common.doctor
-say "ok"
+if [ "${DOCKER_TEST_NO_BUILD:-0}" = 1 ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
+  say "DOCKER_TEST_NO_BUILD=1: using the $IMAGE there is"
+else
+  check_disk
+  build
+fi
+demo
+cluster
+say "ok: image built, demo trained, doctor ok, 2-container cluster under horovodrun and mpirun, worker kill ended the job"

@@ -1,5 +1,6 @@
-"""Docker images, compose cluster and SLURM script: linted, pinned like CI, and dry-run (no Docker
-engine or SLURM here; the SLURM script's mpirun path also runs for real on this machine)."""
+"""Docker images, compose cluster and SLURM script: linted, pinned like CI, dry-run; where a Docker
+engine runs, the image is built and the cluster run for real (docker/harness.sh); the SLURM
+script's mpirun path also runs for real on this machine (no SLURM here)."""
 
 from __future__ import annotations
 
@@ -99,6 +100,42 @@ def test_compose_cluster_runs_horovodrun_over_the_images_ssh():
     assert hosts.group(3) == port
     assert services["launcher"]["depends_on"]["worker"]["condition"] == "service_healthy"
     subprocess.run(["bash", "-n", str(DOCKER / "ssh-user.sh")], check=True)
+    # Healthy once sshd listens: it writes the pid file ssh-user.sh names (a TCP probe instead
+    # made sshd log a failed handshake every 2 s).
+    pid_file = re.search(r'"PidFile (\S+)"', ssh_user).group(1).replace("$ssh_dir", "/home/hvd/.ssh")
+    for svc in services.values():
+        assert svc["healthcheck"]["test"] == ["CMD", "test", "-s", pid_file]
+        # each node gets its share of the host's cores, which the core sizes its threads by
+        assert svc["cpus"] == "${NODE_CPUS:-1}"
+
+
+def test_cpu_image_takes_the_torch_index_as_a_build_argument():
+    steps = instructions(DOCKER / "Dockerfile.cpu")
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in steps  # a user's default
+    assert 'TORCH_INDEX_URL="$TORCH_INDEX_URL"' in next(s for s in steps if "setup/setup.sh" in s)
+
+
+def docker_engine() -> bool:
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.docker
+@pytest.mark.skipif(not docker_engine(), reason="no Docker engine runs here (make docker-test starts one)")
+def test_docker_harness_builds_trains_and_runs_the_cluster():
+    """make docker-test: every check of docker/harness.sh passes (about 15 minutes on a fresh
+    engine, a few with the build cached)."""
+    proc = subprocess.run(["bash", str(DOCKER / "harness.sh")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=3600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    for check in ("demo and doctor: ok", "horovodrun -H launcher:1,worker:1 (compose up): ok",
+                  "mpirun -H launcher:1,worker:1: ok", "horovodrun: worker container killed",
+                  "mpirun: worker container killed", "docker-test [", "ok: image built"):
+        assert check in out, (check, out[-4000:])
+    assert len(re.findall(r"(?m)^  resumed from runs/kill-", out)) == 2, out[-4000:]
 
 
 def sbatch(*args, env=None, check=True):
