@@ -10,8 +10,9 @@
 #      PyTorch's CPU wheel index cannot be reached, and it says so);
 #   4. runs the image's default command (the demo training, 2 workers) and `common.doctor`;
 #   5. runs docker/compose.yaml's cluster: horovodrun across the containers over ssh (compose's
-#      own command), mpirun across them, and a run whose worker container is killed mid-run: the
-#      job must end (no hang) and a rerun resumes from the checkpoint rank 0 saved.
+#      own command, the PyTorch recipe), mpirun across them (the TensorFlow recipe), and under
+#      each launcher a run whose worker container is killed mid-run: the job must end (no hang)
+#      and a rerun resumes from the checkpoint rank 0 saved.
 # Where no engine can run it says so and exits 0 (skipped). Exit 1 on any failed check.
 #
 # Environment: DEBIAN_MIRROR (debootstrap's), DOCKER_TEST_KILL_TIMEOUT (s, default 120).
@@ -25,6 +26,7 @@ PROJECT=horovod-recipes-test
 NEED_GB=25  # the image is ~9.4 GB (torch's CUDA wheel from PyPI); committing a layer takes twice that
 SSHD="/usr/sbin/sshd -f /home/hvd/.ssh/sshd_config"
 RECIPE=/opt/horovod-recipes/recipes/pytorch/mnist.py
+TF_RECIPE=/opt/horovod-recipes/recipes/tensorflow/mnist.py
 HOSTS="-np 2 -H launcher:1,worker:1"
 T0=$SECONDS
 say() { echo "docker-test [$((SECONDS - T0))s]: $*"; }
@@ -122,7 +124,7 @@ launch() {
 cluster() {
   "${COMPOSE[@]}" down -v >/dev/null 2>&1 || true
   local out
-  # 1. compose's own command: horovodrun from launcher over ssh to worker.
+  # 1. compose's own command: horovodrun from launcher over ssh to worker (PyTorch recipe).
   out="$("${COMPOSE[@]}" up --no-build --no-color --abort-on-container-exit --exit-code-from launcher 2>&1 \
     | sed -E 's/^[a-zA-Z0-9_-]+ +\| //' | ours)" \
     || { echo "$out" | tail -20; fail "compose up (horovodrun across the containers)"; }
@@ -131,14 +133,14 @@ cluster() {
   say "horovodrun -H launcher:1,worker:1 (compose up): ok"
 
   "${COMPOSE[@]}" up -d --no-build worker >/dev/null 2>&1
-  # 2. each rank on its own container, then a training, under mpirun.
-  out="$(launch "mpirun $HOSTS hostname && mpirun $HOSTS python $RECIPE --epochs 2 \
+  # 2. each rank on its own container, then the TensorFlow recipe, under mpirun.
+  out="$(launch "mpirun $HOSTS hostname && mpirun $HOSTS python $TF_RECIPE --epochs 2 \
     --checkpoint-dir runs/mpirun/checkpoints --metrics-file runs/mpirun/metrics.jsonl")" || true
   [ "$(echo "$out" | grep -xE 'launcher|worker' | sort | tr '\n' ' ')" = "launcher worker " ] \
     || { echo "$out" | tail -20; fail "mpirun did not start one rank in each container"; }
   grep -q "^final: val accuracy .* on 2 worker(s)" <<<"$out" || { echo "$out" | tail -20; fail "mpirun across the containers"; }
   echo "$out" | show "^final:"
-  say "mpirun -H launcher:1,worker:1: ok (one rank in each container)"
+  say "mpirun -H launcher:1,worker:1: ok (one rank in each container; TensorFlow recipe)"
 
   # 3. kill the worker container mid-run, under each launcher: the job ends, the rerun resumes.
   local launcher
@@ -190,6 +192,7 @@ stand_in_base
 if [ "${DOCKER_TEST_NO_BUILD:-0}" = 1 ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
   say "DOCKER_TEST_NO_BUILD=1: using the $IMAGE there is"
 else
+  "${COMPOSE[@]}" down -v >/dev/null 2>&1 || true  # its containers would keep the replaced image
   check_disk
   build
 fi
