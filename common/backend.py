@@ -191,6 +191,11 @@ class Backend(abc.ABC):
         """Whole steps left in an epoch once ``start`` samples of it are done."""
         return ((self.n_train - start) // self.data_parallel()[1]) // self.samples_per_step
 
+    def comm_seconds(self) -> float | None:
+        """This rank's seconds spent communicating in train steps so far (a running total), or
+        None where the framework gives no split (``common.balance``)."""
+        return None
+
     def run_stats(self) -> dict:
         """The strategy's own numbers for the final record (bytes each rank sent per step, time
         spent communicating, staleness...). Every rank calls it at the end of a run; a backend

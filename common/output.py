@@ -127,23 +127,29 @@ class Reporter:
 
     def epoch(self, *, epoch: int, epochs: int, step: int, lr: float, train: MetricSums,
               val: MetricSums, samples_per_sec: float, world_size: int, elapsed: float,
-              checkpoint: str | None) -> None:
+              checkpoint: str | None, balance: dict[str, Any] | None = None) -> None:
         """The end of an epoch: one printed line, one JSON record, TensorBoard scalars.
 
         ``train`` and ``val`` are global MetricSums; every metric they support is recorded.
+        ``balance``: the epoch's load balance (``common.balance.summarize``); its straggler
+        verdict, when there is one, is printed on the next line.
         """
+        balance = balance or {}
         fields = _metric_fields(train, val)
         extra = {k: v for k, v in fields.items() if k not in _MAIN_FIELDS}
         self.print(f"epoch {epoch}/{epochs}: train loss {train.loss:.4f} acc {train.accuracy:.4f}"
                    f" | val loss {val.loss:.4f} acc {val.accuracy:.4f}"
                    + "".join(f" {k} {v:.4f}" for k, v in extra.items())
                    + f" | {samples_per_sec:,.0f} samples/s")
+        if balance.get("straggler"):
+            self.print(f"  load balance: {balance['straggler']}")
         self.record("epoch", epoch=epoch, step=step, lr=lr, world_size=world_size, **fields,
                     samples_per_sec=samples_per_sec,
                     samples_per_sec_per_worker=samples_per_sec / world_size,
-                    epoch_time_s=elapsed, checkpoint=checkpoint)
+                    epoch_time_s=elapsed, checkpoint=checkpoint, **balance)
         self.scalars(step, **{k.replace("_", "/", 1): v for k, v in fields.items()}, lr=lr,
-                     samples_per_sec=samples_per_sec)
+                     samples_per_sec=samples_per_sec,
+                     **{f"balance/{k}": balance.get(k) for k in ("balance_spread", "comm_share")})
 
     def final(self, *, recipe: str, epochs: int, step: int, train: MetricSums, val: MetricSums,
               samples_per_sec: float, world_size: int, wall: float,

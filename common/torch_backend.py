@@ -43,7 +43,7 @@ def seed_everything(seed: int) -> None:
 
 def init(cfg: TrainConfig, comm=None, process_sets: list | None = None) -> Runtime:
     """Initialise Horovod, pin threads and device for this rank, seed every RNG from the seed."""
-    rt = init_horovod(hvd, comm, cfg.run.mpi_groups, process_sets=process_sets)
+    rt = init_horovod(hvd, comm, cfg.run.mpi_groups, process_sets=process_sets, cfg=cfg)
     torch.set_num_threads(worker_threads(rt.local_size, cfg.run.threads_per_worker))
     device = "cpu"
     if torch.cuda.is_available():
@@ -281,6 +281,9 @@ class TorchBackend(Backend):
         self.times.comm_s += done - waiting
         self.times.step(done - began)
         return total
+
+    def comm_seconds(self) -> float:
+        return self.times.comm_s
 
     def run_stats(self) -> dict:
         """Data parallelism: the time each rank's steps took and waited in ``optimizer.step``

@@ -188,7 +188,8 @@ def test_single_process_amp_notice_tensorboard_and_config(tmp_path):
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "val/accuracy", "lr", "samples_per_sec"} <= tags
+    assert {"train/loss", "val/accuracy", "lr", "samples_per_sec", "balance/balance_spread",
+            "balance/comm_share"} <= tags
     assert [e.step for e in events.Scalars("val/accuracy")] == [22, 44]  # 1,438 // 64 per epoch
     final = final_record(tmp_path / "m.jsonl")
     assert events.Scalars("val/accuracy")[-1].value == pytest.approx(final["val_accuracy"])

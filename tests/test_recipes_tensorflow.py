@@ -148,7 +148,8 @@ def test_tensorflow_recipe_writes_tensorboard_without_torch(tmp_path):
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
     events.Reload()
     tags = set(events.Tags()["tensors"])
-    assert {"train/loss", "val/accuracy", "val/macro_f1", "lr", "samples_per_sec"} <= tags
+    assert {"train/loss", "val/accuracy", "val/macro_f1", "lr", "samples_per_sec",
+            "balance/balance_spread"} <= tags
     accuracy = events.Tensors("val/accuracy")
     assert [e.step for e in accuracy] == [22, 44]  # 1,438 // 64 steps per epoch
     final = final_record(tmp_path / "m.jsonl")
