@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import ConfigError
+from common.config import ConfigError, TrainConfig
 from common.metrics import mean_ci95
 from common.output import Reporter
 from common.runtime import SETTINGS, settings_line
@@ -35,7 +35,10 @@ def add_flags(parser: argparse.ArgumentParser, default_model: str, model_help: s
     b.add_argument("--num-iters", type=int, default=10, help="timed iterations")
 
 
-def check_args(args: argparse.Namespace) -> None:
+def check_args(args: argparse.Namespace, cfg: TrainConfig) -> None:
+    # The timeline's summary and the autotuner's choice are read by the training loop.
+    cfg.require_defaults("the synthetic benchmarks (use a training recipe with --max-steps)",
+                         "timeline_out", "autotune")
     if args.num_iters < 1 or args.num_batches_per_iter < 1 or args.num_warmup_batches < 0:
         raise ConfigError("--num-iters and --num-batches-per-iter must be >= 1, "
                           "--num-warmup-batches >= 0")

@@ -204,9 +204,24 @@ class OutputConfig:
         pass
 
 
+@dataclass(frozen=True)
+class ProfilingConfig:
+    """Horovod's own instruments (``common.profiling``): its timeline and its autotuner."""
+
+    # Not --timeline: horovodrun reads that as an abbreviation of its own --timeline-* flags
+    # wherever it stands on the command line, and stops.
+    timeline_out: str | None = None
+    autotune: bool = False
+
+    def validate(self) -> None:
+        if self.timeline_out is not None and (not self.timeline_out
+                                              or os.path.isdir(self.timeline_out)):
+            raise ConfigError(f"--timeline-out must be a file path, got {self.timeline_out!r}")
+
+
 _COMPONENTS = {"run": RunConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig,
                "gradients": GradientConfig, "checkpoint": CheckpointConfig,
-               "output": OutputConfig}
+               "output": OutputConfig, "profiling": ProfilingConfig}
 # Which component holds each flag (field names are the flags' dests).
 _HOME = {f.name: part for part, kind in _COMPONENTS.items() for f in dataclasses.fields(kind)}
 
@@ -221,6 +236,7 @@ class TrainConfig:
     gradients: GradientConfig = field(default_factory=GradientConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    profiling: ProfilingConfig = field(default_factory=ProfilingConfig)
 
     @classmethod
     def from_flags(cls, **values: Any) -> TrainConfig:
@@ -238,6 +254,8 @@ class TrainConfig:
         """Raise ConfigError for the first value that cannot work."""
         for part in _COMPONENTS:
             getattr(self, part).validate()
+        if self.profiling.autotune and not self.output.metrics_file:
+            raise ConfigError("--autotune writes its log beside --metrics-file: give one")
 
     def for_group(self, index: int) -> TrainConfig:
         """The config of MPI group ``index`` of ``mpi_groups``: seed + index, outputs under
@@ -270,7 +288,9 @@ class TrainConfig:
             self, checkpoint=dataclasses.replace(self.checkpoint,
                                                  checkpoint_dir=sub(self.checkpoint.checkpoint_dir)),
             output=dataclasses.replace(self.output, log_dir=sub(self.output.log_dir),
-                                       metrics_file=sub(self.output.metrics_file, is_file=True)))
+                                       metrics_file=sub(self.output.metrics_file, is_file=True)),
+            profiling=dataclasses.replace(self.profiling,
+                                          timeline_out=sub(self.profiling.timeline_out, is_file=True)))
 
     def require_defaults(self, who: str, *names: str) -> None:
         """ConfigError for the first of these flags not at its default: it does not apply to
@@ -420,6 +440,15 @@ def core_parser(description: str, kfold: bool = False, **defaults: Any) -> argpa
                    help="JSON Lines summary: one record per epoch and a final record")
     o.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar (one line per epoch only)")
+    m = p.add_argument_group("monitoring and tuning (Horovod's timeline and autotuner)")
+    m.add_argument("--timeline-out", metavar="PATH", default=base["timeline_out"],
+                   help="record Horovod's timeline (rank 0 writes PATH, a chrome://tracing "
+                        "file) and print its summary at the end: time negotiating, waiting and "
+                        "communicating, bytes reduced, fusion buffer use")
+    m.add_argument("--autotune", action="store_true", default=base["autotune"],
+                   help="let Horovod's autotuner tune fusion threshold, cycle time and cache; "
+                        "its log goes beside --metrics-file and the final record says what it "
+                        "chose")
     return p
 
 

@@ -21,10 +21,14 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from common.failure import AgreedError, UserError
+
+if TYPE_CHECKING:
+    from common.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -189,15 +193,21 @@ def settings_line() -> str:
 
 
 def init_horovod(hvd, comm=None, mpi_groups: int = 1, device: str = "cpu",
-                 process_sets: list | None = None) -> Runtime:
+                 process_sets: list | None = None, cfg: TrainConfig | None = None) -> Runtime:
     """Choose the runtime settings, initialise Horovod once (idempotent), describe this process.
 
     ``comm``: an mpi4py communicator to run Horovod on. ``mpi_groups`` > 1: run on this process's
     group of :func:`mpi_group` instead. ``process_sets``: Horovod ``ProcessSet``s to register
-    (the same list on every rank; collectives then take ``process_set=``).
+    (the same list on every rank; collectives then take ``process_set=``). ``cfg``: the run's
+    config, whose ``--timeline`` and ``--autotune`` set Horovod's variables
+    (``common.profiling``).
     """
     if not hvd.is_initialized():
         choose_runtime_settings()
+        if cfg is not None:
+            from common import profiling
+
+            SETTINGS.update(profiling.prepare(cfg.profiling, cfg.output.metrics_file))
     if comm is None and mpi_groups > 1:
         comm = mpi_group(mpi_groups)[1]
     if not hvd.is_initialized():

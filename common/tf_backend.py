@@ -49,7 +49,7 @@ CHECKPOINT_FORMAT = "horovod-recipes/tf/1"
 
 def init(cfg: TrainConfig, comm=None) -> Runtime:
     """Initialise Horovod, pin threads and GPU for this rank, seed every RNG from the seed."""
-    rt = init_horovod(hvd, comm, cfg.run.mpi_groups)
+    rt = init_horovod(hvd, comm, cfg.run.mpi_groups, cfg=cfg)
     gpus = tf.config.list_physical_devices("GPU")
     device = "cpu"
     if gpus:  # one GPU per rank, as torch_backend.init picks it

@@ -37,7 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from common import profiling
 from common.backend import Backend
+from common.balance import EpochTimes, rank_times, summarize
 from common.checkpoint import CheckpointManager, Resume
 from common.config import ConfigError, TrainConfig
 from common.divergence import DivergenceGuard
@@ -105,6 +107,7 @@ class Trainer:
         self.guard = DivergenceGuard(cfg.run.divergence_factor)
         self.signals = SignalWatch(cfg.run.stop_signals)
         self.clock = Throughput()
+        self.timeline: str | None = None  # Horovod's timeline file (--timeline-out), once started
         self.enter_world()
 
     def enter_world(self) -> None:
@@ -133,6 +136,11 @@ class Trainer:
         if elastic and self.cfg.run.on_divergence == "rollback":
             raise ConfigError("--on-divergence rollback does not work with elastic recipes "
                               "(their rollback point is the elastic commit); use stop")
+        if elastic and self.cfg.profiling.timeline_out:
+            raise ConfigError("--timeline-out does not work with elastic recipes: Horovod restarts "
+                              "at every change of the world, and its timeline with it")
+        self.timeline = profiling.start(getattr(self.backend, "hvd", None), self.cfg.profiling,
+                                        self.rt.is_root, self.backend.broadcast_object)
         watchdog = None
         if self.cfg.run.stall_timeout and not elastic:
             watchdog = StallWatchdog(self.cfg.run.stall_timeout, self.rt.rank, self.rt.size)
@@ -199,13 +207,15 @@ class Trainer:
             bar = self.out.bar(self.n_steps, f"epoch {self.epoch + 1}/{run.epochs}")
             bar.update(self.n_steps - b.steps_left(self.start))
             clock, seen, last_refresh = Throughput(), 0, 0.0
+            times, comm_before = EpochTimes(), b.comm_seconds()
             # A world that shrank, or a stop at an epoch's last step, may leave no step of the
             # epoch: it is complete.
             complete, stopping = b.steps_left(self.start) == 0, False
-            for batch in () if complete else b.train_batches(self.epoch, self.start):
+            batches = () if complete else b.train_batches(self.epoch, self.start)
+            for batch in times.batches(batches, self.rt.rank):
                 lr = self.lr(self.step)
                 b.set_lr(lr)
-                batch_counters = b.train_step(batch)
+                batch_counters = times.timed_step(b.train_step, batch)
                 counters = counters + batch_counters
                 if self.guard.reference is None:  # once per run: a collective on every rank
                     first = MetricSums(b.train_layout, b.read_counters(batch_counters))
@@ -233,19 +243,25 @@ class Trainer:
                 if on_step:
                     on_step(False)
             bar.close()
+            if comm_before is not None:
+                times.comm_s = b.comm_seconds() - comm_before
             local.add_counters(b.read_counters(counters))
-            self.end_epoch(local, clock.elapsed, seen, complete, stopping)
+            self.end_epoch(local, clock.elapsed, seen, complete, stopping, times)
             if on_step:
                 on_step(True)
             if stopping:
                 break
 
     def end_epoch(self, local: MetricSums, elapsed: float, seen: int, complete: bool,
-                  stopping: bool) -> None:
-        """Global metrics, validation, the policy's checkpoint and the epoch's report."""
+                  stopping: bool, times: EpochTimes | None = None) -> None:
+        """Global metrics, load balance, validation, the policy's checkpoint and the epoch's
+        report."""
         b = self.backend
         number = self.epoch + 1
         seen_all = b.allreduce_sum(np.array([float(seen)]))[0]
+        balance = {}  # (Keras's fit loop times nothing yet)
+        if times is not None:  # the same on every rank: one small collective
+            balance = summarize(b.allgather_object(rank_times(times), name="epoch_times"))
         self.samples_per_sec = seen_all / max(elapsed, 1e-9)
         self.train_sums = local.global_sums(b.allreduce_sum)
         self.check_divergence(self.train_sums)  # the same global sums on every rank
@@ -261,7 +277,7 @@ class Trainer:
         self.out.epoch(epoch=number, epochs=self.cfg.run.epochs, step=self.step,
                        lr=self.lr(max(self.step - 1, 0)), train=self.train_sums,
                        val=self.val_sums, samples_per_sec=self.samples_per_sec,
-                       world_size=self.rt.size, elapsed=elapsed, checkpoint=saved)
+                       world_size=self.rt.size, elapsed=elapsed, checkpoint=saved, balance=balance)
 
     def stop_if_signalled(self, partial: Callable[[], MetricSums]) -> None:
         """After every step, and a collective when the signal watch says one is due (every step,
@@ -344,11 +360,18 @@ class Trainer:
             self.val_sums = self.backend.evaluate().global_sums(self.backend.allreduce_sum)
             self.out.print(f"already trained to step {self.step} ({self.checkpoint}); "
                            "nothing to do")
+        stats = self.backend.run_stats()
+        found = profiling.finish(getattr(self.backend, "hvd", None), self.cfg.profiling, self.rt.is_root,
+                                 self.timeline, self.cfg.output.metrics_file)
+        if "timeline" in found:
+            self.out.print(profiling.timeline_line(found["timeline"]))
+        if "autotune" in found:
+            self.out.print(profiling.autotune_line(found["autotune"]))
         return self.out.final(recipe=self.recipe, epochs=self.cfg.run.epochs, step=self.step,
                               train=self.train_sums, val=self.val_sums,
                               samples_per_sec=self.samples_per_sec, world_size=self.rt.size,
                               wall=self.clock.elapsed, checkpoint=self.checkpoint,
-                              stats=self.backend.run_stats())
+                              stats={**stats, **found})
 
 
 def fit(backend: Backend, cfg: TrainConfig, recipe: str, recipe_args: dict[str, Any] | None = None,

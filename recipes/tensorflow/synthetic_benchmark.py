@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = core_parser(__doc__.splitlines()[0], batch_size=32, base_lr=0.01)
     benchmark.add_flags(parser, "ResNet50", "a keras.applications model name")
     cfg, args = parse_config(parser, argv)
-    benchmark.check_args(args)
+    benchmark.check_args(args, cfg)
     rt = init(cfg)  # distributed
     out = Reporter(rt.is_root, cfg.output)
 
