@@ -26,6 +26,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.quiet import quiet_stderr
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # horovod.tensorflow imports TF: keep it quiet
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = "make setup (or: bash setup/setup.sh)"
@@ -155,7 +157,8 @@ def check_horovod(report: Report) -> None:
         if _version(framework) is None:
             continue
         try:
-            mod = importlib.import_module(module)
+            with quiet_stderr():  # TensorFlow's start-up lines (common.quiet)
+                mod = importlib.import_module(module)
         except Exception as e:  # noqa: BLE001 - an extension built for another framework version
             report.problem("error", f"{framework} is installed but {module} does not import: "
                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",

@@ -16,13 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import horovod.tensorflow.keras as hvd_keras
 import numpy as np
+
+# First: TensorFlow is imported there, quietly (common.quiet); horovod.tensorflow.keras would
+# import it with its start-up lines.
+from common.tf_backend import TFBackend, compression, shard_dataset, tf  # isort: skip
+import horovod.tensorflow.keras as hvd_keras  # isort: skip
 
 from common.config import TrainConfig
 from common.folds import report_folds
 from common.metrics import MetricSums, Throughput
-from common.tf_backend import TFBackend, compression, shard_dataset, tf
 from common.trainer import ElasticConfig, Trainer
 from common.watchdog import beat
 

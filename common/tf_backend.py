@@ -14,7 +14,9 @@ bridged here: Horovod's tape needs ``tf.Variable``s (Keras 3 variables lack ``.r
 assigned.
 
 TensorFlow's C++ log noise is off unless you ask for it: this module sets
-``TF_CPP_MIN_LOG_LEVEL=2`` before TensorFlow is imported, unless the variable is already set.
+``TF_CPP_MIN_LOG_LEVEL=2`` before TensorFlow is imported, unless the variable is already set,
+and imports it inside ``common.quiet.quiet_stderr`` for the lines printed before that setting
+takes effect (``HOROVOD_RECIPES_RAW_OUTPUT=1`` shows them).
 """
 
 from __future__ import annotations
@@ -27,9 +29,15 @@ import random
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import horovod.tensorflow as hvd  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+from common.quiet import quiet_stderr  # noqa: E402
+
+with quiet_stderr():  # the start-up lines TF_CPP_MIN_LOG_LEVEL does not reach (common.quiet)
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    tf.config.list_physical_devices("GPU")  # its first look for GPUs (cuInit) prints too
 
 from common.backend import Backend  # noqa: E402
 from common.checkpoint import CHECKSUM_KEY, CheckpointError, content_digest, verified  # noqa: E402
