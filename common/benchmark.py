@@ -35,10 +35,11 @@ def add_flags(parser: argparse.ArgumentParser, default_model: str, model_help: s
     b.add_argument("--num-iters", type=int, default=10, help="timed iterations")
 
 
-def check_args(args: argparse.Namespace, cfg: TrainConfig) -> None:
+def check_args(args: argparse.Namespace, cfg: TrainConfig | None = None) -> None:
     # The timeline's summary and the autotuner's choice are read by the training loop.
-    cfg.require_defaults("the synthetic benchmarks (use a training recipe with --max-steps)",
-                         "timeline_out", "autotune")
+    if cfg is not None:
+        cfg.require_defaults("the synthetic benchmarks (use a training recipe with --max-steps)",
+                             "timeline_out", "autotune")
     if args.num_iters < 1 or args.num_batches_per_iter < 1 or args.num_warmup_batches < 0:
         raise ConfigError("--num-iters and --num-batches-per-iter must be >= 1, "
                           "--num-warmup-batches >= 0")

@@ -93,13 +93,21 @@ def quiet_stderr() -> Iterator[None]:
 
 
 def horovodrun() -> None:
-    """The ``horovodrun`` command: Horovod's launcher, with its build checks quiet and rank 0's
-    output untagged (unless ``HOROVOD_RECIPES_RAW_OUTPUT=1``)."""
+    """The ``horovodrun`` command: Horovod's launcher, with its build checks quiet, rank 0's
+    output untagged and a failed job's end in its message rather than a traceback (unless
+    ``HOROVOD_RECIPES_RAW_OUTPUT=1``)."""
     from horovod.runner.launch import run_commandline
 
-    if not raw_output():
-        _quiet_launcher()
-    run_commandline()
+    if raw_output():
+        return run_commandline()
+    _quiet_launcher()
+    try:
+        return run_commandline()
+    except Exception as e:  # noqa: BLE001 - Horovod ends a failed job by raising: its message,
+        # which names the process and its exit code, without the launcher's traceback
+        sys.stdout.flush()
+        sys.stderr.write(f"horovodrun: {type(e).__name__}: {e}".rstrip() + "\n")
+        sys.exit(1)
 
 
 def _quiet_launcher() -> None:
