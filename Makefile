@@ -14,7 +14,7 @@ train: setup
 
 # The README's test command: lint, then the whole suite (multi-process tests included).
 test: setup lint
-	python -m pytest -v -ra
+	python -m pytest -v -ra --durations=25
 
 lint: setup
 	ruff check .
