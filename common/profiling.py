@@ -28,7 +28,7 @@ import re
 from typing import Any
 
 from common.config import ProfilingConfig
-from common.failure import agree
+from common.failure import UserError, agree
 
 TIMELINE_ENV = "HOROVOD_TIMELINE"
 AUTOTUNE_LOG_NAME = "autotune.csv"
@@ -72,7 +72,11 @@ def prepare(cfg: ProfilingConfig, metrics_file: str | None) -> dict[str, str]:
         used[name] = f"{value} ({'--timeline-out' if name == TIMELINE_ENV else '--autotune'})"
     log = autotune_log(cfg, metrics_file)
     if log:
-        os.makedirs(os.path.dirname(log), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(log), exist_ok=True)
+        except OSError as e:  # before hvd.init: each rank says it and exits (common.failure)
+            raise UserError(f"--autotune: cannot create {os.path.dirname(log)!r} for its log "
+                            f"({e.strerror or e})") from None
     return used
 
 
