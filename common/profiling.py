@@ -83,7 +83,7 @@ def prepare(cfg: ProfilingConfig, metrics_file: str | None) -> dict[str, str]:
 def start(hvd, cfg: ProfilingConfig, is_root: bool, broadcast_object) -> str | None:
     """Open the timeline file (every rank calls this, after ``hvd.init``); return its path.
 
-    Rank 0 makes its folder and removes an older file there; a failure is agreed by every rank
+    Rank 0 makes its folder and empties an older file of that name; a failure is agreed by every rank
     (a collective) so that the job stops in one line instead of training without a timeline."""
     if not cfg.timeline_out:
         return None
