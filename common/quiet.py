@@ -93,9 +93,9 @@ def quiet_stderr() -> Iterator[None]:
 
 
 def horovodrun() -> None:
-    """The ``horovodrun`` command: Horovod's launcher, with its build checks quiet, rank 0's
-    output untagged and a failed job's end in its message rather than a traceback (unless
-    ``HOROVOD_RECIPES_RAW_OUTPUT=1``)."""
+    """The ``horovodrun`` command: Horovod's launcher, with its build checks quiet (and
+    remembered: common.build_checks), rank 0's output untagged and a failed job's end in its
+    message rather than a traceback (unless ``HOROVOD_RECIPES_RAW_OUTPUT=1``)."""
     from horovod.runner.launch import run_commandline
 
     if raw_output():
@@ -115,13 +115,15 @@ def _quiet_launcher() -> None:
     import horovod.runner.gloo_run as gloo_run
     import horovod.runner.mpi_run as mpi_run
 
+    from common.build_checks import remembered
+
     check = util._check_extension_lambda
 
     def quiet_check(*args, **kwargs):
         with quiet_stderr():  # the forked check inherits descriptor 2
             return check(*args, **kwargs)
 
-    util._check_extension_lambda = quiet_check
+    util._check_extension_lambda = remembered(quiet_check)
     # Gloo: each worker's pipes are copied line by line by safe_shell_exec.prefix_connection
     # (stdout and stderr each), prefixed with "[index]<stdout>:"; not rank 0's standard output.
     shell = gloo_run.safe_shell_exec
