@@ -3,7 +3,7 @@ VENV ?= .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 NP ?= 2
 
-.PHONY: setup train test lint check-build doctor bench compare-strategies docker-test clean
+.PHONY: setup train test test-unit test-jobs lint check-build doctor bench compare-strategies docker-test clean
 
 setup:
 	@bash setup/setup.sh
@@ -12,9 +12,18 @@ setup:
 train: setup
 	horovodrun -np $(NP) python recipes/pytorch/mnist.py
 
-# The README's test command: lint, then the whole suite (multi-process tests included).
+# The README's test command: lint, then the whole suite (tests/unit and every real job in
+# tests/jobs). Budget: at most 25 minutes from a fresh clone with setup (Horovod's wheel cached).
 test: setup lint
 	python -m pytest -v -ra --durations=25
+
+# The unit lane: every test that starts no worker process (tests/unit). Budget: 2 minutes.
+test-unit: setup
+	python -m pytest tests/unit -q
+
+# One feature's real jobs: make test-jobs JOBS=faults (a folder of tests/jobs; all without JOBS).
+test-jobs: setup
+	python -m pytest tests/jobs/$(JOBS) -v -ra --durations=10
 
 lint: setup
 	ruff check .

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 STRAGGLER_SPREAD = 1.25
 
 # Test hook: "RANK:SECONDS" sleeps that long in RANK's data loading before every batch, to make
-# a straggler on purpose (tests/test_balance.py). Unset in real runs.
+# a straggler on purpose (tests/jobs/monitoring/test_balance.py). Unset in real runs.
 SLOW_DATA_ENV = "HOROVOD_RECIPES_TEST_SLOW_DATA"
 
 

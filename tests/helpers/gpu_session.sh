@@ -21,7 +21,7 @@ tar czf "$out/setup-logs.tgz" .setup-logs
 [ $rc = 0 ] || exit $rc
 export PATH="$VENV/bin:$PATH" PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 python -m common.doctor | tee "$out/doctor.txt"
-python -m pytest -v -ra -p no:cacheprovider tests/test_gpu.py tests/test_recipes_pytorch.py::test_amp_on_gpu_trains \
+python -m pytest -v -ra -p no:cacheprovider tests/jobs/gpu/test_nccl.py tests/jobs/recipes/test_pytorch.py::test_amp_on_gpu_trains \
   >"$out/pytest.txt" 2>&1
 tail -n 5 "$out/pytest.txt"
 for amp in "" --amp; do

@@ -142,7 +142,8 @@ def test_unwritable_directory_is_a_one_line_error(tmp_path):
         CheckpointStore(str(blocker / "ckpt")).lock()
 
 
-@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)],
+                         ids=["022", "027", "002"])
 def test_files_get_the_umask_at_write_time_not_0600(tmp_path, umask, mode):
     """The file's mode follows the umask in force when it is written (mkstemp alone gives 0600);
     set after the module was imported, so a umask captured at import would fail here."""

@@ -13,6 +13,10 @@ import pytest
 
 from common.watchdog import EXIT_STALLED, StallWatchdog
 
+# Verdicts within a 1 s timeout: nothing beside them.
+pytestmark = pytest.mark.serial
+
+
 
 class Exited(Exception):
     pass

@@ -1,0 +1,93 @@
+"""recipes/slurm/horovod.sbatch run for real on this machine (no SLURM): its mpirun path trains,
+SLURM's warning signal stops at a checkpoint and requeues."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.support import (
+    BIN,
+    HANG_GUARD_S,
+    MNIST,
+    ROOT,
+    final_record,
+    job_env,
+    read_records,
+)
+
+SBATCH = ROOT / "recipes" / "slurm" / "horovod.sbatch"
+
+
+def sbatch(*args, env=None, check=True):
+    proc = subprocess.run(["bash", str(SBATCH), *map(str, args)], cwd=ROOT, env=env or job_env(),
+                          capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def slurm_env(tmp_path, nodes, ntasks, per_node, **extra):
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "scontrol").write_text(  # "show hostnames" lists the nodes; "requeue" is logged
+        f'#!/bin/sh\nif [ "$1" = requeue ]; then echo "$@" >> {fake}/requeued; exit 0; fi\n'
+        + "".join(f"echo {n}\n" for n in nodes))
+    (fake / "scontrol").chmod(0o755)
+    env = job_env()
+    env.update({"PATH": f"{fake}{os.pathsep}{env['PATH']}", "SLURM_JOB_NODELIST": "node[01-02]",
+                "SLURM_NTASKS": str(ntasks), "SLURM_NTASKS_PER_NODE": per_node, **extra})
+    return env
+
+
+def test_sbatch_mpirun_path_trains_here(tmp_path):
+    """The script's own mpirun command, for a fake 1-node, 2-task allocation on this machine."""
+    root = "--allow-run-as-root " if os.geteuid() == 0 else ""
+    env = slurm_env(tmp_path, ["localhost"], 2, "2", LAUNCHER="mpirun", VENV=str(BIN.parent),
+                    MPIRUN_ARGS=root + "-mca pml ob1 -mca btl ^openib")
+    metrics = tmp_path / "metrics.jsonl"
+    sbatch(MNIST, "--epochs", "1", "--max-steps", "8", "--no-progress", "--checkpoint-dir",
+           tmp_path / "ckpt", "--metrics-file", metrics, env=env)
+    final = final_record(metrics)
+    assert final["world_size"] == 2 and final["checkpoint"]
+
+
+@pytest.mark.serial
+def test_sbatch_stops_at_a_checkpoint_on_the_time_limit_signal_and_requeues(tmp_path):
+    """SLURM's warning signal (SIGUSR1 to the batch script) reaches both ranks through mpirun;
+    they stop at one step with a checkpoint, exit 75, and the script requeues the job; the
+    requeued run resumes and finishes."""
+
+
+    root = "--allow-run-as-root " if os.geteuid() == 0 else ""
+    env = slurm_env(tmp_path, ["localhost"], 2, "2", LAUNCHER="mpirun", VENV=str(BIN.parent),
+                    MPIRUN_ARGS=root + "-mca pml ob1 -mca btl ^openib", SLURM_JOB_ID="4242")
+    metrics = tmp_path / "metrics.jsonl"
+    flags = [MNIST, "--epochs", "30", "--batch-size", "8", "--no-progress", "--checkpoint-dir",
+             tmp_path / "ckpt", "--metrics-file", metrics]
+    job = subprocess.Popen(["bash", str(SBATCH), *map(str, flags)], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not (metrics.exists() and read_records(metrics)):
+            assert job.poll() is None, job.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@180 sends
+        out, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 75, out[-3000:] + err[-3000:]
+    assert "horovod.sbatch: got SIGUSR1" in out
+    assert "stopped by signals on 2 ranks after step" in out or "stopped by SIGUSR1" in out
+    assert (tmp_path / "bin" / "requeued").read_text().split() == ["requeue", "4242"]
+    step = int(out.split("after step ")[1].split()[0])
+    proc = sbatch(*flags, env=env)  # the requeued job: same script, same flags
+    assert f"step {step})" in proc.stdout  # resumed from the stop's checkpoint
+    assert final_record(metrics)["step"] == 30 * 89

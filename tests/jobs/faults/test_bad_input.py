@@ -1,0 +1,54 @@
+"""Bad input to a real 2-worker job: one line from every rank and a non-zero exit, nothing trained or lost."""
+
+from __future__ import annotations
+
+from tests.support import (
+    HELPERS,
+    MNIST,
+    horovodrun,
+    worker_errors,
+)
+
+
+def test_wrong_checkpoint_fails_on_every_rank_and_is_kept(tmp_path):
+    other = tmp_path / "other" / "ckpt"
+    other.mkdir(parents=True)
+    horovodrun(1, [HELPERS / "foreign_checkpoint.py", other], cwd=tmp_path)
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    proc = horovodrun(2, [MNIST, "--checkpoint-dir", other, "--metrics-file",
+                          tmp_path / "m.jsonl"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line and "different model"
+              in line]
+    assert len(errors) == 2, proc.stderr  # one line from each rank
+    after = {p.name: p.read_bytes() for p in other.iterdir() if p.name != ".lock"}
+    assert after == before  # nothing changed but the directory's lock file
+    assert "<stderr>:Traceback" not in proc.stderr  # a user error, not a crash (the launcher's own
+    # traceback for the failed job is horovodrun's, not the workers')
+
+
+def test_bad_flag_is_one_line_and_ends_the_job(tmp_path):
+    proc = horovodrun(2, [MNIST, "--epochs", "0"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    # Each rank checks its flags before Horovod starts; the first to exit makes the launcher stop
+    # the other, which may or may not have printed the same line by then.
+    worker_lines = [line for line in proc.stderr.splitlines() if "]<stderr>:" in line]
+    said = {line.split("]<stderr>:", 1)[1] for line in worker_lines} - {"Terminated"}
+    assert said == {"error: --epochs must be at least 1, got 0"}, proc.stderr
+
+
+def test_crash_on_one_rank_ends_the_job(tmp_path):
+    proc = horovodrun(2, [HELPERS / "crash_one_rank.py"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "error on rank 1: RuntimeError: rank 1 fails on purpose" in proc.stderr
+
+
+def test_adasum_under_gloo_is_a_one_line_error_before_training(tmp_path):
+    proc = horovodrun(2, [MNIST, "--use-adasum", "--checkpoint-dir", tmp_path / "ckpt",
+                          "--metrics-file", tmp_path / "m.jsonl"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    errors = worker_errors(proc)
+    assert errors == ["error: --use-adasum needs an MPI launch (mpirun, or horovodrun without "
+                      "--gloo): this Horovod runs Adasum over MPI, or over NCCL on GPUs, not "
+                      "over Gloo"] * 2, proc.stderr[-3000:]
+    assert not (tmp_path / "m.jsonl").exists()  # nothing trained

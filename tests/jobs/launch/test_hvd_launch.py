@@ -1,0 +1,65 @@
+"""Tests of common/launch.py on real jobs: a signal to hvd-launch, or a horovodrun that dies, stops
+every worker at a checkpoint."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    END_BOUND_S,
+    FAULT_FLAGS,
+    MNIST,
+    Faulty,
+    checkpoint_steps,
+    rerun_matches,
+)
+
+# Signal timing: every worker stops at one step.
+pytestmark = pytest.mark.serial
+
+
+@pytest.mark.parametrize("launcher,sig", [("mpi", signal.SIGTERM), ("mpi", signal.SIGINT),
+                                          ("mpirun", signal.SIGTERM), ("gloo", signal.SIGINT)])
+def test_a_signal_to_hvd_launch_stops_every_worker_at_a_checkpoint(tmp_path, uninterrupted,
+                                                                    fault_record, launcher, sig):
+    run = tmp_path / "run"
+    job = Faulty(launcher, MNIST, FAULT_FLAGS, run, tmp_path, wrapped=True)
+    job.wait_for_first_epoch()
+    workers = [job.rank_pid(0), job.rank_pid(1)]
+    job.inject(job.job.pid, sig, fault_record)
+    assert job.job.returncode == 75, job.err[-3000:]
+    assert "hvd-launch: job ended with exit status 75: stopped on a signal after writing a " \
+           "checkpoint" in job.err
+    [line] = [x for x in job.out.splitlines() if "stopped by" in x]
+    step = int(line.split("after step ")[1].split()[0])
+    assert max(checkpoint_steps(run / "ckpt")) == step
+    for pid in workers:  # no orphan: every worker is gone
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    rerun_matches(run, uninterrupted, tmp_path, FAULT_FLAGS)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
+def test_workers_of_a_horovodrun_that_dies_stop_at_a_checkpoint_not_orphaned(
+        tmp_path, uninterrupted, fault_record, sig):
+    """horovodrun under MPI dies on SIGTERM (or SIGKILL) and would leave mpirun and the workers
+    training; the workers notice and stop at the next step with a checkpoint."""
+    run = tmp_path / "run"
+    job = Faulty("mpi", MNIST, FAULT_FLAGS, run, tmp_path)
+    job.wait_for_first_epoch()
+    workers = [job.rank_pid(0), job.rank_pid(1)]
+    job.inject(job.job.pid, sig, fault_record)
+    deadline = time.monotonic() + END_BOUND_S
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < deadline, "workers outlived their launcher"
+        time.sleep(0.2)
+    [line] = [x for x in job.out.splitlines() if "stopped by" in x]  # mpirun kept the pipe
+    assert re.search(r"stopped by (SIGHUP on rank \d|signals on 2 ranks) after step", line), line
+    assert "the launcher (horovodrun, pid " in job.err
+    step = int(line.split("after step ")[1].split()[0])
+    assert max(checkpoint_steps(run / "ckpt")) == step
+    rerun_matches(run, uninterrupted, tmp_path, FAULT_FLAGS)

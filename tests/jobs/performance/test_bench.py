@@ -1,0 +1,43 @@
+"""make bench (benchmarks/bench.py) with tiny settings: every row measured and written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.support import (
+    BIN,
+    HANG_GUARD_S,
+    ROOT,
+    job_env,
+)
+
+# Measures throughput: nothing beside it.
+pytestmark = pytest.mark.serial
+
+
+def test_bench_runs_every_row_and_writes_them(tmp_path):
+    """`make bench` with tiny settings: every row measured, the table, JSON and chart written."""
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [str(BIN / "python"), "-m", "benchmarks.bench", "--np", "2", "--model", "resnet18",
+         "--tf-model", "MobileNetV2", "--image-size", "32", "--batch-size", "2", "--warmup", "1",
+         "--iters", "2", "--batches-per-iter", "1", "--cifar-steps", "3", "--cifar-batch-size", "4",
+         "--rounds", "1", "--out", str(out)],
+        cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    result = json.loads((out / "bench.json").read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(rows) == {
+        "ceiling: plain PyTorch x N side by side", "horovodrun (default)", "horovodrun --gloo",
+        "mpirun", "torchrun DDP (gloo)", "ceiling: plain TensorFlow x N side by side",
+        "horovodrun TensorFlow (default)", "CIFAR recipe, np=1", "CIFAR recipe, np=N"}
+    assert all(r["rate"] > 0 and len(r["rounds"]) == 1 and not r["error"] for r in rows.values())
+    for name in ("horovodrun (default)", "horovodrun --gloo", "mpirun"):
+        assert rows[name]["of_ceiling"] > 0 and rows[name]["vs_ddp"] > 0
+    assert rows["horovodrun TensorFlow (default)"]["of_ceiling"] > 0
+    assert rows["CIFAR recipe, np=N"]["scaling_efficiency"] > 0
+    assert result["fastest"] in rows and (out / "bench.png").stat().st_size > 1000
+    assert "| horovodrun (default) |" in proc.stdout

@@ -1,0 +1,388 @@
+"""Support owns how tests launch real jobs and read what they leave: launchers, records, checkpoints.
+
+Every test that starts a worker process (one or several) does it through this module, so each
+launch is bounded by the same hang guard and runs in the same environment. Tests import it as
+``from tests.support import ...``; fixtures live in the conftest.py files, helpers here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+HELPERS = Path(__file__).resolve().parent / "helpers"
+RECIPES = ROOT / "recipes"
+MNIST = RECIPES / "pytorch" / "mnist.py"
+TF_MNIST = RECIPES / "tensorflow" / "mnist.py"
+KERAS_MNIST = RECIPES / "tensorflow" / "keras_mnist.py"
+# Guards against a hung job only; no test asserts a duration.
+HANG_GUARD_S = 900
+ROOT_FLAG = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+
+
+# --- launching ---------------------------------------------------------------------------------
+
+def job_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def horovodrun(np: int, args: list, cwd: Path, hosts: str | None = None,
+               check: bool = True) -> subprocess.CompletedProcess:
+    """Launch ``python args...`` on ``np`` Gloo workers on this machine; return the finished job."""
+    cmd = [str(BIN / "horovodrun"), "-np", str(np), "-H", hosts or f"localhost:{np}", "--gloo",
+           "--disable-cache", str(BIN / "python"), *map(str, args)]
+    return run_job(cmd, cwd, check)
+
+
+def mpirun(np: int, args: list, cwd: Path, check: bool = True,
+           extra: list[str] = ()) -> subprocess.CompletedProcess:
+    """Launch ``python args...`` on ``np`` processes with Open MPI's mpirun, as the README says."""
+    exports = ["PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONUNBUFFERED", "OMP_NUM_THREADS"]
+    env = job_env()
+    cmd = ["mpirun", *ROOT_FLAG, "-np", str(np), "-bind-to", "none", "-map-by", "slot",
+           *[a for name in exports if name in env for a in ("-x", name)],
+           *extra, str(BIN / "python"), *map(str, args)]
+    return run_job(cmd, cwd, check)
+
+
+def python(args: list, cwd: Path, check: bool = True, env: dict | None = None,
+           ) -> subprocess.CompletedProcess:
+    """``python args...`` as one process, no launcher (a recipe run alone, a helper script)."""
+    return run_job([str(BIN / "python"), *map(str, args)], cwd, check, env)
+
+
+def run_job(cmd: list, cwd: Path, check: bool, env: dict | None = None,
+            ) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(list(map(str, cmd)), cwd=cwd, env=env or job_env(),
+                              capture_output=True, text=True, timeout=HANG_GUARD_S)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"job hung (no exit in {HANG_GUARD_S}s): {' '.join(map(str, cmd))}\n"
+                    f"{e.stdout}\n{e.stderr}")
+    if check and proc.returncode != 0:
+        pytest.fail(f"job failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
+                    f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def run_recipe(launch, np: int, script: Path, out: Path, *flags, check: bool = True):
+    """``launch`` (horovodrun or mpirun) ``np`` workers of ``script`` writing to ``out``
+    (``out/ckpt``, ``out/metrics.jsonl``): (out, the finished job)."""
+    proc = launch(np, [script, "--checkpoint-dir", out / "ckpt", "--metrics-file",
+                       out / "metrics.jsonl", *flags], cwd=out.parent, check=check)
+    return out, proc
+
+
+# --- reading what a job left -------------------------------------------------------------------
+
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def final_record(path: Path) -> dict:
+    finals = [r for r in read_records(path) if r["type"] == "final"]
+    assert finals, f"no final record in {path}"
+    return finals[-1]
+
+
+def epoch_records(path: Path) -> list[dict]:
+    return [r for r in read_records(path) if r["type"] == "epoch"]
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def final_checkpoint(out: Path) -> dict:
+    """The checkpoint named by the final record of ``out/metrics.jsonl`` (PyTorch)."""
+    return load_checkpoint(final_record(out / "metrics.jsonl")["checkpoint"])
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def tf_weights(metrics: Path) -> tuple[list[np.ndarray], dict]:
+    """The arrays and header of the TensorFlow checkpoint named by the final record."""
+    with np.load(final_record(metrics)["checkpoint"]) as f:
+        header = json.loads(str(f["header"]))
+        return [f[f"v{i}"] for i in range(header["count"])], header
+
+
+def max_array_diff(a: list, b: list) -> float:
+    return max(float(np.abs(x.astype(np.float64) - y).max()) for x, y in zip(a, b, strict=True))
+
+
+def checkpoint_steps(folder: Path, load: bool = True) -> list[int]:
+    """Steps of the checkpoints in ``folder``; ``load``: each is loaded and verified (only when
+    no job writes there: a running job's rotation deletes files)."""
+    from common.checkpoint import verified
+
+    steps = []
+    for path in sorted(Path(folder).glob("ckpt-*")):
+        if path.suffix == ".pt" and load:
+            steps.append(int(verified(load_checkpoint(path))["step"]))
+        elif path.suffix in (".pt", ".npz"):  # by name (TF's are loaded by the resuming run)
+            steps.append(int(path.stem.split("-s")[1]))
+    return sorted(steps)
+
+
+def worker_errors(proc) -> list[str]:
+    """The ``error:`` lines the workers of a Gloo job wrote, without their rank tags."""
+    return [line.split("<stderr>:", 1)[1] for line in proc.stderr.splitlines()
+            if "<stderr>:error:" in line]
+
+
+# --- finding and hurting workers ---------------------------------------------------------------
+
+def descendants(root: int) -> set[int]:
+    """Every live process below ``root`` (its children, theirs, ...)."""
+    children: dict[int, list[int]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(pid))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def worker_pids(launcher: int, script: str | Path, *env: str) -> list[int]:
+    """Python processes below the process ``launcher`` running ``script`` whose environment
+    holds any of ``env`` (``"HOROVOD_RANK=1"``, ``"HOROVOD_HOSTNAME=127.0.0.1"``): the workers
+    that launch started, and no other job's (tests may run side by side)."""
+    wanted = [e.encode() for e in env]
+    pids = []
+    for pid in sorted(descendants(launcher)):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (any(str(script).encode() in c for c in cmd) and cmd[0].endswith(b"python")
+                and any(w in environ for w in wanted)):
+            pids.append(pid)
+    return pids
+
+
+def wait_for_records(job: subprocess.Popen, metrics: Path, what: str = "an epoch") -> None:
+    """Block until ``metrics`` holds a record (the job's first epoch is done); the job must live."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not (metrics.exists() and read_records(metrics)):
+        assert job.poll() is None, job.communicate()
+        assert time.monotonic() < deadline, f"the job never finished {what}"
+        time.sleep(0.1)
+
+
+LAUNCHERS = {
+    "gloo": [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo",
+             "--disable-cache"],
+    "mpi": [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2"],  # the README's default
+    "mpirun": ["mpirun", *ROOT_FLAG, "-np", "2", "-bind-to", "none", "-x", "PATH", "-x",
+               "PYTHONPATH", "-x", "PYTHONUNBUFFERED", "-x", "OMP_NUM_THREADS"],
+}
+HVD_LAUNCH = [str(BIN / "hvd-launch")]  # the console script make setup installs
+# A fault's job must end this long after the injection (the stall timeout plus the launcher's
+# own wind-down); far below the guard against a hung test.
+END_BOUND_S = 90
+
+
+class Faulty:
+    """One launch of a recipe into which a fault is injected once its first epoch is recorded."""
+
+    def __init__(self, launcher: str, script: Path, flags: list, run: Path, cwd: Path,
+                 wrapped: bool = False) -> None:
+        self.script, self.run = script, run
+        cmd = [*(HVD_LAUNCH if wrapped else []), *LAUNCHERS[launcher], str(BIN / "python"),
+               str(script), *map(str, flags), "--checkpoint-dir", str(run / "ckpt"),
+               "--metrics-file", str(run / "m.jsonl")]
+        self.job = subprocess.Popen(cmd, cwd=cwd, env=job_env(), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.out = self.err = ""
+        self.seconds = 0.0
+        self.steps_saved: list[int] = []
+
+    def wait_for_first_epoch(self) -> None:
+        wait_for_records(self.job, self.run / "m.jsonl")
+
+    def rank_pid(self, rank: int) -> int:
+        pids = worker_pids(self.job.pid, self.script, f"HOROVOD_RANK={rank}", f"OMPI_COMM_WORLD_RANK={rank}")
+        assert len(pids) == 1, f"workers of rank {rank}: {pids}"
+        return pids[0]
+
+    def inject(self, pid: int, sig: signal.Signals, record: list) -> None:
+        """Send ``sig`` to ``pid``, wait for the job to end (bounded), note what it left."""
+        self.steps_saved = checkpoint_steps(self.run / "ckpt", load=False)
+        t0 = time.monotonic()
+        os.kill(pid, sig)
+        try:
+            self.out, self.err = self.job.communicate(timeout=END_BOUND_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.job.pid, signal.SIGKILL)
+            self.out, self.err = self.job.communicate()
+            record.append({"hung": True, "lost": 0})
+            pytest.fail(f"the job did not end within {END_BOUND_S} s of {sig.name}")
+        finally:
+            if self.job.poll() is None:
+                os.killpg(self.job.pid, signal.SIGKILL)
+        self.seconds = time.monotonic() - t0
+        kept = checkpoint_steps(self.run / "ckpt")
+        # Lost: a step checkpointed before the fault with no checkpoint as new kept after it.
+        lost = sum(1 for step in self.steps_saved if not kept or max(kept) < step)
+        record.append({"hung": False, "lost": lost})
+        assert lost == 0, (self.steps_saved, kept)
+        assert "<stderr>:Traceback" not in self.err and "Traceback" not in self.out
+
+
+# The fault tests' run: long enough to be hit after its first epoch, a checkpoint every 30 steps,
+# a stall timeout short enough to wait for and long enough to be unambiguous.
+FAULT_FLAGS = ["--epochs", "4", "--batch-size", "8", "--checkpoint-steps", "30", "--no-progress",
+               "--stall-timeout", "8"]
+
+
+def rerun_matches(run: Path, reference: dict, cwd: Path, flags: list) -> subprocess.CompletedProcess:
+    """The same command again resumes and ends with the uninterrupted run's exact weights."""
+    proc = horovodrun(2, [MNIST, *flags, "--checkpoint-dir", run / "ckpt", "--metrics-file",
+                          run / "m.jsonl"], cwd=cwd)
+    final = load_checkpoint(final_record(run / "m.jsonl")["checkpoint"])
+    assert final["step"] == reference["step"]
+    assert max_abs_diff(final["model"], reference["model"]) == 0.0  # bit-identical
+    assert not list((run / "ckpt").glob(".tmp-*"))  # a killed writer's leftovers are gone
+    epochs = [r["epoch"] for r in read_records(run / "m.jsonl") if r["type"] == "epoch"]
+    assert epochs == list(range(1, reference["epoch"] + 1))  # each epoch once, in order
+    return proc
+
+
+def run_elastic_and_kill_one(script: Path, tmp_path: Path, epochs: int = 30):
+    """An elastic job on 3 workers (hosts localhost:2 and 127.0.0.1:1, no ssh): once it has
+    finished an epoch, SIGKILL the 127.0.0.1 worker; the job must end well on 2 workers.
+
+    Returns (metrics records, job output)."""
+    discover = tmp_path / "discover_hosts.sh"
+    discover.write_text("#!/bin/sh\necho localhost:2\necho 127.0.0.1:1\n")
+    discover.chmod(0o755)
+    metrics = tmp_path / "metrics.jsonl"
+    cmd = [str(BIN / "horovodrun"), "-np", "3", "--min-np", "2", "--max-np", "3",
+           "--host-discovery-script", str(discover), str(BIN / "python"), str(script),
+           "--epochs", str(epochs), "--batch-size", "8", "--commit-steps", "5",
+           "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-file", str(metrics)]
+    job = subprocess.Popen(cmd, cwd=tmp_path, env=job_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for_records(job, metrics)  # epoch 1 done on 3 workers
+        victims = worker_pids(job.pid, script, "HOROVOD_HOSTNAME=127.0.0.1")
+        assert len(victims) == 1, victims
+        os.kill(victims[0], signal.SIGKILL)
+        output, _ = job.communicate(timeout=HANG_GUARD_S)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, output[-5000:]
+    records = read_records(metrics)
+    epochs_seen = [r for r in records if r["type"] == "epoch"]
+    sizes = [r["world_size"] for r in epochs_seen]
+    assert sizes[0] == 3 and sizes[-1] == 2, sizes
+    assert epochs_seen[-1]["epoch"] == epochs
+    # The elastic recipes report through the same loop as every other: full epoch records.
+    assert all(r["lr"] > 0 and r["samples_per_sec"] > 0 for r in epochs_seen)
+    return records, output
+
+
+# --- the strategies (hybrid parallelism, parameter servers) ------------------------------------
+
+HYBRID = RECIPES / "pytorch" / "hybrid_parallel.py"
+PS = RECIPES / "pytorch" / "parameter_server.py"
+# Plain SGD steps from the same start: no LR scaling or warmup, so every run takes the same LR.
+STEPS = ["--epochs", "1", "--max-steps", "8", "--no-progress", "--lr-scaling", "none",
+         "--warmup-epochs", "0"]
+# Two whole epochs, no decay (epochs 1 and 2 alike): what a run resumed on another layout ends at.
+TWO_EPOCHS = ["--epochs", "2", "--max-steps", "1000", "--lr-decay", "none"]
+
+
+def run_single(tmp: Path, name: str, batch: int, *extra: str) -> dict:
+    """The MNIST recipe in one process (STEPS): the whole model, the global batch; its final
+    record."""
+    out = tmp / name
+    python([MNIST, *STEPS, "--batch-size", batch, "--checkpoint-dir", out / "ckpt",
+            "--metrics-file", out / "m.jsonl", *extra], cwd=tmp)
+    return final_record(out / "m.jsonl")
+
+
+def run_strategy(recipe: Path, tmp: Path, name: str, np: int, *flags, check: bool = True):
+    """``mpirun -np N recipe STEPS flags``: (the job, its final record if it succeeded)."""
+    out = tmp / name
+    proc = mpirun(np, [recipe, *STEPS, "--checkpoint-dir", out / "ckpt", "--metrics-file",
+                       out / "m.jsonl", *flags], cwd=tmp, extra=["--oversubscribe"], check=check)
+    return proc, (final_record(out / "m.jsonl") if check else None)
+
+
+# --- data a test writes ------------------------------------------------------------------------
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """``array`` as an IDX file (MNIST's format): uint8 or big-endian int32."""
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
+    header = bytes([0, 0, codes[array.dtype], array.ndim])
+    return header + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_mnist(directory: Path, n_train=12, n_val=5, gz=False, size=28) -> dict:
+    """Random MNIST IDX files in ``directory``: {"train"|"t10k": (images, labels)}."""
+    rng = np.random.default_rng(0)
+    files = {}
+    for prefix, n in (("train", n_train), ("t10k", n_val)):
+        images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        for kind, arr in (("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)):
+            name = f"{prefix}-{kind}" + (".gz" if gz else "")
+            data = idx_bytes(arr)
+            (directory / name).write_bytes(gzip.compress(data) if gz else data)
+        files[prefix] = (images, labels)
+    return files
+
+
+def write_cifar(directory: Path) -> None:
+    """Five tiny CIFAR-10 "python version" training batches of 8 and a test batch of 10."""
+    from common.data import write_cifar10
+
+    write_cifar10(str(directory), per_batch=8, n_test=10)
+
+
+def write_image_folders(root: Path, classes=3, train_per_class=6, val_per_class=2, size=40):
+    """ImageNet-style ``train/`` and ``val/`` class folders of random PNGs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")

@@ -1,0 +1,71 @@
+"""Tests of recipes/slurm/horovod.sbatch without a launch: its header, its dry-run commands, bad input
+(tests/jobs/docker_slurm runs it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+from tests.support import (
+    MNIST,
+    ROOT,
+    job_env,
+)
+
+SBATCH = ROOT / "recipes" / "slurm" / "horovod.sbatch"
+
+
+def sbatch(*args, env=None, check=True):
+    proc = subprocess.run(["bash", str(SBATCH), *map(str, args)], cwd=ROOT, env=env or job_env(),
+                          capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def slurm_env(tmp_path, nodes, ntasks, per_node, **extra):
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "scontrol").write_text(  # "show hostnames" lists the nodes; "requeue" is logged
+        f'#!/bin/sh\nif [ "$1" = requeue ]; then echo "$@" >> {fake}/requeued; exit 0; fi\n'
+        + "".join(f"echo {n}\n" for n in nodes))
+    (fake / "scontrol").chmod(0o755)
+    env = job_env()
+    env.update({"PATH": f"{fake}{os.pathsep}{env['PATH']}", "SLURM_JOB_NODELIST": "node[01-02]",
+                "SLURM_NTASKS": str(ntasks), "SLURM_NTASKS_PER_NODE": per_node, **extra})
+    return env
+
+
+def test_sbatch_header_asks_one_task_per_gpu():
+    header = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", SBATCH.read_text(), re.M))
+    assert {"nodes", "ntasks-per-node", "gres", "time"} <= header.keys()
+    assert header["gres"] == f"gpu:{header['ntasks-per-node']}"
+
+
+def test_sbatch_dry_run_srun_and_mpirun_commands(tmp_path):
+    env = slurm_env(tmp_path, ["node01", "node02"], 8, "4(x2)", DRY_RUN="1",
+                    NCCL_SOCKET_IFNAME="ib0")
+    srun = sbatch("recipes/pytorch/mnist.py", "--epochs", "3", env=env).stdout
+    assert "srun --mpi=pmix --cpu-bind=none --kill-on-bad-exit=1 python " \
+           "recipes/pytorch/mnist.py --epochs 3" in srun
+    mpi = sbatch("recipes/tensorflow/mnist.py", env=env | {"LAUNCHER": "mpirun"}).stdout
+    assert "mpirun -np 8 -H node01:4,node02:4 -bind-to none -map-by slot" in mpi
+    assert "-x NCCL_SOCKET_IFNAME" in mpi and "-x LD_LIBRARY_PATH" in mpi
+    assert mpi.rstrip().endswith("python recipes/tensorflow/mnist.py")
+
+
+def test_sbatch_bad_input_is_one_line(tmp_path):
+    proc = sbatch("recipes/pytorch/nope.py", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: recipe recipes/pytorch/nope.py not found (submit from " \
+                                  "the repository root)"
+    proc = sbatch(MNIST, env=job_env() | {"LAUNCHER": "ssh"}, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: LAUNCHER must be")
+
+
+def test_sbatch_header_asks_for_a_warning_signal_and_requeue():
+    text = SBATCH.read_text()
+    assert re.search(r"^#SBATCH --signal=B:USR1@\d+$", text, re.M)
+    assert re.search(r"^#SBATCH --requeue$", text, re.M)
+    assert re.search(r"^#SBATCH --open-mode=append$", text, re.M)
