@@ -15,15 +15,15 @@ train: setup
 # The README's test command: lint, then the whole suite (tests/unit and every real job in
 # tests/jobs). Budget: at most 25 minutes from a fresh clone with setup (Horovod's wheel cached).
 test: setup lint
-	python -m pytest -v -ra --durations=25
+	python -m pytest -v -ra --durations=25 -n 2 --dist loadfile
 
 # The unit lane: every test that starts no worker process (tests/unit). Budget: 2 minutes.
 test-unit: setup
-	python -m pytest tests/unit -q
+	python -m pytest tests/unit -q -n 2
 
 # One feature's real jobs: make test-jobs JOBS=faults (a folder of tests/jobs; all without JOBS).
 test-jobs: setup
-	python -m pytest tests/jobs/$(JOBS) -v -ra --durations=10
+	python -m pytest tests/jobs/$(JOBS) -v -ra --durations=10 -n 2 --dist loadfile
 
 lint: setup
 	ruff check .

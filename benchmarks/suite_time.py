@@ -146,11 +146,11 @@ def measure_costs() -> dict:
     """Per-launch start-up costs on this machine (run it idle), in seconds, best of 3."""
     bin_dir = Path(sys.executable).parent
 
-    def best(cmd: list[str]) -> float:
+    def best(cmd: list[str], **env: str) -> float:
         times = []
         for _ in range(3):
             t0 = time.monotonic()
-            subprocess.run(cmd, check=True, capture_output=True)
+            subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, **env})
             times.append(time.monotonic() - t0)
         return min(times)
 
@@ -165,6 +165,12 @@ def measure_costs() -> dict:
     out["horovodrun_gloo"] = best([hr, "-np", "1", "-H", "localhost:1", "--gloo", py, "-c",
                                    "pass"]) - base
     out["horovodrun_mpi"] = best([hr, "-np", "1", "-H", "localhost:1", py, "-c", "pass"]) - base
+    # Horovod's launcher as it is (HOROVOD_RECIPES_RAW_OUTPUT=1: no common.quiet, so its build
+    # checks import TensorFlow in a forked process at every launch, as before common.build_checks)
+    for name, flags in (("horovodrun_gloo_unremembered", ["--gloo"]),
+                        ("horovodrun_mpi_unremembered", [])):
+        out[name] = best([hr, "-np", "1", "-H", "localhost:1", *flags, py, "-c", "pass"],
+                         HOROVOD_RECIPES_RAW_OUTPUT="1") - base
     return out
 
 

@@ -8,8 +8,9 @@ jobs and is marked ``multiprocess``. Helpers to launch jobs live in tests/suppor
 time waiting (process start-up, a launcher's rendezvous, a fault being noticed), which the other
 process fills. A test marked ``serial`` (stall and signal timing, load balance, host reads, the
 benchmark smoke runs) runs alone: it waits until the test beside it has ended, and no other
-test starts until it has (a writer-preferring lock shared by the xdist processes). Tests that
-share a session fixture's reference run are kept in one process so that it runs once.
+test starts until it has (a writer-preferring lock shared by the xdist processes). Each file
+runs in one process (``--dist loadfile``), so a module's reference run is made once; a session
+reference that several files read is made once for both (tests.support.shared_run).
 """
 
 from __future__ import annotations
@@ -21,18 +22,10 @@ from pathlib import Path
 import pytest
 
 UNIT = Path(__file__).resolve().parent / "unit"
-# Session fixtures whose one real job several test files read: their users share a process.
-SHARED_REFERENCES = {"uninterrupted": "uninterrupted", "reference": "strategies",
-                     "two_epochs_alone": "strategies"}
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if UNIT not in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.multiprocess)
-        groups = {g for name, g in SHARED_REFERENCES.items() if name in item.fixturenames}
-        if groups:
-            item.add_marker(pytest.mark.xdist_group(sorted(groups)[0]))
 
 
 class _Alone:

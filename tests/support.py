@@ -7,9 +7,11 @@ launch is bounded by the same hang guard and runs in the same environment. Tests
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -80,6 +82,31 @@ def run_job(cmd: list, cwd: Path, check: bool, env: dict | None = None,
         pytest.fail(f"job failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
                     f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")
     return proc
+
+
+def shared_run(tmp_path_factory, name: str, make) -> Path:
+    """The folder where ``make(folder)`` ran once for the whole session: the first process of
+    the xdist pair to ask makes it (the other waits for it), every later ask reads it. For a
+    reference run that tests in several files compare against."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the xdist processes of this session
+    folder = root / f"shared-{name}"
+    with open(root / f"shared-{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / ".done").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            (folder / ".done").write_text("")
+    return folder
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A finished run's folder (checkpoints and metrics) copied to ``dst``, to be resumed there
+    while ``src`` stays as it was for the other tests that read it."""
+    shutil.copytree(src, dst)
+    return dst
 
 
 def run_recipe(launch, np: int, script: Path, out: Path, *flags, check: bool = True):

@@ -4,6 +4,7 @@ benchmark, TensorBoard without torch."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from tests.support import (
     MNIST,
     RECIPES,
     TF_MNIST,
+    copy_run,
     final_record,
     horovodrun,
     job_env,
@@ -29,6 +31,7 @@ EQUIV = ["--momentum", "0", "--lr-scaling", "none", "--warmup-epochs", "0", "--l
          "--base-lr", "0.1", "--max-steps", "6", "--epochs", "1"]
 
 
+
 def test_custom_loop_two_workers_equal_one_worker_with_double_batch(tmp_path):
     two, _ = run_recipe(horovodrun, 2, TF_MNIST, tmp_path / "two", *EQUIV, "--batch-size", "8")
     one, _ = run_recipe(horovodrun, 1, TF_MNIST, tmp_path / "one", *EQUIV, "--batch-size", "16")
@@ -39,27 +42,45 @@ def test_custom_loop_two_workers_equal_one_worker_with_double_batch(tmp_path):
     assert max_array_diff(w2[:n_model], w1[:n_model]) < 1e-5
     assert max_array_diff(wh[:n_model], w1[:n_model]) > 1e-3  # the check can fail
 
+
 RESUME = ["--warmup-epochs", "1", "--lr-decay", "step", "--decay-epochs", "3", "--momentum", "0.9"]
 
 
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    """``two_epochs(recipe)``: RESUME for 2 epochs on 2 workers, start to end, run once per
+    recipe; read by one test, resumed (a copy) by another."""
+    runs: dict[str, Path] = {}
+
+    def get(recipe: str) -> Path:
+        if recipe not in runs:
+            runs[recipe], _ = run_recipe(horovodrun, 2, TF / recipe,
+                                         tmp_path_factory.mktemp("two") / "run", *RESUME,
+                                         "--epochs", "2")
+        return runs[recipe]
+
+    return get
+
+
 @pytest.mark.parametrize("recipe", ["mnist.py", "keras_mnist.py"])
-def test_resume_matches_uninterrupted_run(tmp_path, recipe):
+def test_resume_matches_uninterrupted_run(tmp_path, recipe, two_epochs):
     full, _ = run_recipe(horovodrun, 2, TF / recipe, tmp_path / "full", *RESUME, "--epochs", "4")
-    part, _ = run_recipe(horovodrun, 2, TF / recipe, tmp_path / "part", *RESUME, "--epochs", "2")
+    part = copy_run(two_epochs(recipe), tmp_path / "part")  # stopped after 2 epochs
     assert tf_weights(part / "metrics.jsonl")[1]["epoch"] == 2
     _, proc = run_recipe(horovodrun, 2, TF / recipe, tmp_path / "part", *RESUME, "--epochs", "4")
     (a, ha), (b, hb) = tf_weights(full / "metrics.jsonl"), tf_weights(part / "metrics.jsonl")
     assert ha["epoch"] == hb["epoch"] == 4 and ha["step"] == hb["step"]
     diff = max_array_diff(a, b)  # weights and optimizer slots
     assert diff <= 1e-6, diff
-    final_full, final_part = final_record(full / "metrics.jsonl"), final_record(part / "metrics.jsonl")
+    final_full = final_record(full / "metrics.jsonl")
+    final_part = final_record(part / "metrics.jsonl")
     assert final_part["val_accuracy"] == pytest.approx(final_full["val_accuracy"], abs=1e-9)
     assert final_part["world_size"] == 2
 
 
-def test_custom_loop_resumes_mid_epoch_with_exact_metric_sums(tmp_path):
+def test_custom_loop_resumes_mid_epoch_with_exact_metric_sums(tmp_path, two_epochs):
     """The TF checkpoint holds every rank's RNG state and partial-epoch counters, as PyTorch's."""
-    full, _ = run_recipe(horovodrun, 2, TF_MNIST, tmp_path / "full", *RESUME, "--epochs", "2")
+    full = two_epochs("mnist.py")
     part, _ = run_recipe(horovodrun, 2, TF_MNIST, tmp_path / "part", *RESUME, "--epochs", "2",
                   "--max-steps", "30")  # 22 steps per epoch: stopped 8 steps into epoch 2
     _, stopped = tf_weights(part / "metrics.jsonl")

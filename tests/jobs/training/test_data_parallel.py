@@ -10,6 +10,7 @@ import pytest
 from tests.support import (
     HELPERS,
     MNIST,
+    final_checkpoint,
     final_record,
     horovodrun,
     load_checkpoint,
@@ -43,12 +44,20 @@ EQUIV = ["--momentum", "0", "--lr-scaling", "none", "--warmup-epochs", "0", "--l
          "--base-lr", "0.1", "--max-steps", "6", "--epochs", "1"]
 
 
-def test_two_workers_equal_one_worker_with_double_batch(tmp_path):
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory) -> dict:
+    """EQUIV on 1 worker with batch 16: what 2 workers of batch 8, or of batch 4 with 2
+    batches per allreduce, must reach; its final checkpoint."""
+    out, _ = run_recipe(horovodrun, 1, MNIST, tmp_path_factory.mktemp("one") / "one", *EQUIV,
+                        "--batch-size", "16")
+    return final_checkpoint(out)
+
+
+def test_two_workers_equal_one_worker_with_double_batch(tmp_path, one_worker):
     two, _ = run_recipe(horovodrun, 2, MNIST, tmp_path / "two", *EQUIV, "--batch-size", "8")
-    one, _ = run_recipe(horovodrun, 1, MNIST, tmp_path / "one", *EQUIV, "--batch-size", "16")
     half, _ = run_recipe(horovodrun, 1, MNIST, tmp_path / "half", *EQUIV, "--batch-size", "8")
     w2 = load_checkpoint(final_record(two / "metrics.jsonl")["checkpoint"])
-    w1 = load_checkpoint(final_record(one / "metrics.jsonl")["checkpoint"])
+    w1 = one_worker
     wh = load_checkpoint(final_record(half / "metrics.jsonl")["checkpoint"])
     assert w2["step"] == w1["step"] == 6
     assert max_abs_diff(w2["model"], w1["model"]) < 1e-5
@@ -56,13 +65,12 @@ def test_two_workers_equal_one_worker_with_double_batch(tmp_path):
     assert max_abs_diff(wh["model"], w1["model"]) > 1e-3
 
 
-def test_two_workers_equal_one_worker_with_accumulation(tmp_path):
+def test_two_workers_equal_one_worker_with_accumulation(tmp_path, one_worker):
     """batches-per-allreduce 2 on 2 workers of batch 4 == 1 worker of batch 16."""
     acc, _ = run_recipe(horovodrun, 2, MNIST, tmp_path / "acc", *EQUIV, "--batch-size", "4",
                        "--batches-per-allreduce", "2")
-    one, _ = run_recipe(horovodrun, 1, MNIST, tmp_path / "one", *EQUIV, "--batch-size", "16")
     wa = load_checkpoint(final_record(acc / "metrics.jsonl")["checkpoint"])
-    w1 = load_checkpoint(final_record(one / "metrics.jsonl")["checkpoint"])
+    w1 = one_worker
     assert max_abs_diff(wa["model"], w1["model"]) < 1e-5
 
 

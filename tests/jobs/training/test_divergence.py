@@ -3,12 +3,13 @@ kept, or roll back and go on."""
 
 from __future__ import annotations
 
-import shutil
+from pathlib import Path
 
 import pytest
 
 from tests.support import (
     MNIST,
+    copy_run,
     final_record,
     horovodrun,
     load_checkpoint,
@@ -17,17 +18,37 @@ from tests.support import (
 )
 
 
+def flags(script: Path, out: Path) -> list:
+    return [script, "--checkpoint-dir", out / "ckpt", "--metrics-file", out / "m.jsonl",
+            "--checkpoint-steps", "5", "--batch-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def sound_epoch(tmp_path_factory):
+    """``sound_epoch(recipe)``: a folder where the recipe trained 1 sound epoch on 2 workers
+    (11 steps, a checkpoint every 5), run once per recipe; tests resume from copies of it."""
+    runs: dict[str, Path] = {}
+
+    def get(recipe: str) -> Path:
+        if recipe not in runs:
+            out = tmp_path_factory.mktemp("sound") / "run"
+            horovodrun(2, [*flags(MNIST.parents[1] / recipe, out), "--epochs", "1"],
+                       cwd=out.parent)
+            runs[recipe] = out
+        return runs[recipe]
+
+    return get
+
+
 @pytest.mark.parametrize("recipe", ["pytorch/mnist.py", "tensorflow/mnist.py",
                                     "tensorflow/keras_mnist.py"])
-def test_divergence_stops_every_rank_and_keeps_good_checkpoints(tmp_path, recipe):
-    script = MNIST.parents[1] / recipe
-    out = tmp_path / "run"
-    flags = [script, "--checkpoint-dir", out / "ckpt", "--metrics-file", out / "m.jsonl",
-             "--checkpoint-steps", "5", "--batch-size", "64"]
-    horovodrun(2, [*flags, "--epochs", "1"], cwd=tmp_path)
+def test_divergence_stops_every_rank_and_keeps_good_checkpoints(tmp_path, recipe, sound_epoch):
+    out = copy_run(sound_epoch(recipe), tmp_path / "run")
+    flags_ = flags(MNIST.parents[1] / recipe, out)
     good = {p.name: p.read_bytes() for p in (out / "ckpt").glob("ckpt-*")}
     assert good
-    proc = horovodrun(2, [*flags, "--epochs", "3", "--base-lr", "1e4"], cwd=tmp_path, check=False)
+    proc = horovodrun(2, [*flags_, "--epochs", "3", "--base-lr", "1e4"], cwd=tmp_path,
+                      check=False)
     assert proc.returncode != 0
     assert "resuming with settings that differ from the saved run's: base_lr 0.05 -> 10000.0" \
         in proc.stdout
@@ -39,27 +60,22 @@ def test_divergence_stops_every_rank_and_keeps_good_checkpoints(tmp_path, recipe
 
 
 @pytest.mark.parametrize("recipe", ["pytorch/mnist.py", "tensorflow/keras_mnist.py"])
-def test_rollback_reloads_the_last_good_checkpoint_on_every_rank_and_goes_on(tmp_path, recipe):
+def test_rollback_reloads_the_last_good_checkpoint_on_every_rank_and_goes_on(tmp_path, recipe,
+                                                                             sound_epoch):
     """A run resumed at LR 1e4 diverges, rolls back to the checkpoint it started from with the
     LR x1e-5, and ends as a run resumed from that checkpoint at LR 0.1 (1e4 x 1e-5) does."""
-
     script = MNIST.parents[1] / recipe
-
-    def flags(out):
-        return [script, "--checkpoint-dir", out / "ckpt", "--metrics-file", out / "m.jsonl",
-                "--checkpoint-steps", "5", "--batch-size", "64", "--epochs", "3"]
-
-    wild, calm = tmp_path / "wild", tmp_path / "calm"
-    horovodrun(2, [*flags(wild), "--epochs", "1"], cwd=tmp_path)  # 11 steps, sound
-    shutil.copytree(wild, calm)
-    proc = horovodrun(2, [*flags(wild), "--base-lr", "1e4", "--on-divergence", "rollback",
-                          "--rollback-lr-factor", "1e-5"], cwd=tmp_path)
+    wild = copy_run(sound_epoch(recipe), tmp_path / "wild")  # 11 steps, sound
+    calm = copy_run(sound_epoch(recipe), tmp_path / "calm")
+    proc = horovodrun(2, [*flags(script, wild), "--epochs", "3", "--base-lr", "1e4",
+                          "--on-divergence", "rollback", "--rollback-lr-factor", "1e-5"],
+                      cwd=tmp_path)
     rollbacks = [x for x in proc.stdout.splitlines() if "training diverged: " in x]
     assert len(rollbacks) == 1, proc.stdout[-3000:]  # one was enough
     assert "rollback 1 of 3: back to " in rollbacks[0] and "s000000011" in rollbacks[0]
     assert "the LR now x1e-05" in rollbacks[0]
     assert "Traceback" not in proc.stdout and "<stderr>:Traceback" not in proc.stderr
-    horovodrun(2, [*flags(calm), "--base-lr", "0.1"], cwd=tmp_path)
+    horovodrun(2, [*flags(script, calm), "--epochs", "3", "--base-lr", "0.1"], cwd=tmp_path)
     a, b = final_record(wild / "m.jsonl"), final_record(calm / "m.jsonl")
     assert [r["epoch"] for r in read_records(wild / "m.jsonl") if r["type"] == "epoch"] == [1, 2, 3]
     assert a["step"] == b["step"] == 3 * 11  # 1,438 samples / (2 x 64) per step

@@ -3,8 +3,13 @@ size."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from tests.support import (
     MNIST,
+    copy_run,
     final_record,
     horovodrun,
     load_checkpoint,
@@ -17,9 +22,19 @@ RESUME = ["--warmup-epochs", "1", "--lr-decay", "step", "--decay-epochs", "3",
           "--momentum", "0.9", "--weight-decay", "1e-4", "--batch-size", "32"]
 
 
-def test_resume_matches_uninterrupted_run(tmp_path):
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory) -> Path:
+    """RESUME for 2 epochs on 2 workers, start to end: read by one test, resumed (a copy) by
+    another."""
+    out, _ = run_recipe(horovodrun, 2, MNIST, tmp_path_factory.mktemp("two") / "run", *RESUME,
+                        "--epochs", "2")
+    return out
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, two_epochs):
     full, _ = run_recipe(horovodrun, 2, MNIST, tmp_path / "full", *RESUME, "--epochs", "4")
-    part, _ = run_recipe(horovodrun, 2, MNIST, tmp_path / "part", *RESUME, "--epochs", "2")
+    part = copy_run(two_epochs, tmp_path / "part")  # stopped after 2 epochs
     assert load_checkpoint(final_record(part / "metrics.jsonl")["checkpoint"])["epoch"] == 2
     _, proc = run_recipe(horovodrun, 2, MNIST, tmp_path / "part", *RESUME, "--epochs", "4")
     assert "resumed from" in proc.stdout
@@ -36,8 +51,8 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert epochs == [1, 2, 3, 4]
 
 
-def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
-    full, _ = run_recipe(horovodrun, 2, MNIST, tmp_path / "full", *RESUME, "--epochs", "2")
+def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path, two_epochs):
+    full = two_epochs
     part, _ = run_recipe(horovodrun, 2, MNIST, tmp_path / "part", *RESUME, "--epochs", "2",
                          "--max-steps", "30")
     assert load_checkpoint(final_record(part / "metrics.jsonl")["checkpoint"])["step"] == 30
