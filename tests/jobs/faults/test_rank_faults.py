@@ -107,12 +107,12 @@ def test_a_signal_on_one_worker_stops_all_at_one_step_and_resumes_exactly(tmp_pa
 @pytest.mark.parametrize("recipe", ["mnist.py", "keras_mnist.py"])
 def test_tensorflow_recipes_stop_on_a_signal_and_resume(tmp_path, recipe, fault_record):
     script = MNIST.parents[1] / "tensorflow" / recipe
-    flags = ["--epochs", "4", "--batch-size", "8", "--no-progress"]
+    flags = ["--epochs", "2", "--batch-size", "8", "--no-progress"]
     run = tmp_path / "run"
     step = signal_rank1(script, flags, run, tmp_path, signal.SIGTERM, fault_record)
     proc = horovodrun(2, [script, *flags, "--checkpoint-dir", run / "ckpt", "--metrics-file",
                           run / "m.jsonl"], cwd=tmp_path)
     assert f"(epoch 1, step {step})" in proc.stdout
-    assert final_record(run / "m.jsonl")["step"] == 4 * 89
+    assert final_record(run / "m.jsonl")["step"] == 2 * 89
     epochs = [r["epoch"] for r in read_records(run / "m.jsonl") if r["type"] == "epoch"]
-    assert epochs == list(range(1, 5))
+    assert epochs == [1, 2]

@@ -118,12 +118,11 @@ def test_pytorch_and_tensorflow_see_the_same_lr(tmp_path):
 
 
 def test_elastic_keras_run_survives_a_killed_worker(tmp_path):
-    records, output = run_elastic_and_kill_one(TF / "elastic_keras_mnist.py", tmp_path,
-                                               epochs=20)
+    records, output = run_elastic_and_kill_one(TF / "elastic_keras_mnist.py", tmp_path)
     assert "world changed: 2 worker(s) now" in output  # the trainer re-entered the new world
     assert final_record(tmp_path / "metrics.jsonl")["world_size"] == 2
     epochs = [r["epoch"] for r in records if r["type"] == "epoch"]
-    assert set(epochs) == set(range(1, 21))  # no epoch skipped (a restarted one repeats)
+    assert set(epochs) == set(range(1, 9))  # no epoch skipped (a restarted one repeats)
 
 
 def test_tf_synthetic_benchmark_summary(tmp_path):
@@ -141,7 +140,7 @@ def test_tf_synthetic_benchmark_summary(tmp_path):
 def test_tensorflow_recipe_writes_tensorboard_without_torch(tmp_path):
     """Alone (no launcher): --log-dir scalars through tf.summary; torch is never imported."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorflow.python.framework.tensor_util import MakeNdarray
+    from tensorboard.util.tensor_util import make_ndarray  # no TensorFlow in the test process
 
     script = ("import sys; from recipes.tensorflow.mnist import main; "
               f"main(['--epochs', '2', '--batch-size', '64', '--log-dir', {str(tmp_path / 'tb')!r}, "
@@ -159,4 +158,4 @@ def test_tensorflow_recipe_writes_tensorboard_without_torch(tmp_path):
     accuracy = events.Tensors("val/accuracy")
     assert [e.step for e in accuracy] == [22, 44]  # 1,438 // 64 steps per epoch
     final = final_record(tmp_path / "m.jsonl")
-    assert float(MakeNdarray(accuracy[-1].tensor_proto)) == pytest.approx(final["val_accuracy"])
+    assert float(make_ndarray(accuracy[-1].tensor_proto)) == pytest.approx(final["val_accuracy"])

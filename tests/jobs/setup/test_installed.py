@@ -3,6 +3,7 @@ no-op."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -32,11 +33,13 @@ def test_horovod_has_pytorch_tensorflow_mpi_gloo():
 
 
 def test_installed_versions_are_the_pinned_ones():
+    """Read in a process of its own: TensorFlow and torch in one process can crash on import
+    (the order matters), and the test process must not depend on the tests run before it."""
     pins = pinned_versions()
-    import horovod
-    import tensorflow as tf
-    import torch
-
-    assert torch.__version__.split("+")[0] == pins["TORCH_VERSION"]
-    assert tf.__version__ == pins["TENSORFLOW_VERSION"]
-    assert horovod.__version__ == pins["HOROVOD_VERSION"]
+    proc = run([str(BIN / "python"), "-c", "import json, horovod, tensorflow, torch; print(json.dumps("
+                "[torch.__version__, tensorflow.__version__, horovod.__version__]))"], env=job_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    torch_version, tf_version, horovod_version = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert torch_version.split("+")[0] == pins["TORCH_VERSION"]
+    assert tf_version == pins["TENSORFLOW_VERSION"]
+    assert horovod_version == pins["HOROVOD_VERSION"]
