@@ -91,9 +91,13 @@ def kind_of(args: list[str]) -> dict:
     m = re.search(r"-np (\d+)", text)
     if m:
         np_ = int(m.group(1))
-    framework = ("tensorflow" if "/tensorflow/" in text or " tf " in f" {text} "
-                 or "tf_mixed" in text else "torch" if re.search(r"pytorch|torch|mnist", text)
-                 else "none")
+    words = set(text.split())
+    if "/tensorflow/" in text or "tf_mixed" in text or words & {"tf", "keras"}:
+        framework = "tensorflow"
+    elif re.search(r"pytorch|torch|mnist|/tests/helpers/", text):
+        framework = "torch"  # the helper scripts are PyTorch jobs unless named otherwise
+    else:
+        framework = "none"
     return {"launcher": launcher, "np": np_, "framework": framework,
             "gloo": "--gloo" in args, "stall": "--stall-timeout" in args}
 
@@ -129,6 +133,22 @@ def summarize(records: list[dict], costs: dict) -> dict:
     for row in by_file.values():
         total.update(row)
     return {"by_file": {k: dict(v) for k, v in sorted(by_file.items())}, "total": dict(total)}
+
+
+def by_kind(records: list[dict], costs: dict) -> list[dict]:
+    """Launches grouped by launcher and framework: how many, their seconds, the start-up share."""
+    rows: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for launch in (r for r in records if r["type"] == "launch"):
+        k = kind_of(launch["args"])
+        if k["launcher"] not in ("horovodrun", "mpirun", "python") and \
+                not k["launcher"].startswith("python -m"):
+            label = "other tools (bash scripts, mount, docker info, ...)"
+        else:
+            label = f"{k['launcher']} ({k['framework']})"
+        row = rows[label]
+        row["launches"] += 1
+        row["seconds"] += launch["seconds"]
+    return [{"kind": k, **v} for k, v in sorted(rows.items(), key=lambda kv: -kv[1]["seconds"])]
 
 
 def table(summary: dict) -> str:
@@ -192,7 +212,12 @@ def main(argv: list[str] | None = None) -> None:
     costs = json.loads(Path(args.costs).read_text()) if args.costs else {}
     records = [json.loads(x) for x in Path(args.log).read_text().splitlines() if x.strip()]
     summary = summarize(records, costs)
+    summary["by_kind"] = by_kind(records, costs)
     print(table(summary))
+    print()
+    print("| kind of launch | launches | seconds |\n| --- | --- | --- |")
+    for row in summary["by_kind"]:
+        print(f"| {row['kind']} | {row['launches']} | {row['seconds']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
 

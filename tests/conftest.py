@@ -16,6 +16,7 @@ reference that several files read is made once for both (tests.support.shared_ru
 from __future__ import annotations
 
 import fcntl
+import sys
 import tempfile
 from pathlib import Path
 
@@ -69,6 +70,17 @@ def pytest_runtest_protocol(item, nextitem):
         yield
     finally:
         alone.leave(serial)
+
+
+@pytest.fixture(autouse=True)
+def no_tensorflow_in_the_test_process():
+    """TensorFlow stays in the jobs' processes: a test process that imported it and then torch
+    or torchvision crashed (a segmentation fault in triton's import), taking its xdist process
+    and the tests after it down. A test that brings it in is named here instead."""
+    yield
+    assert "tensorflow" not in sys.modules, (
+        "this test imported TensorFlow into the test process; read TensorFlow's output in a "
+        "process of its own (tests/helpers)")
 
 
 @pytest.fixture

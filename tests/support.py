@@ -133,6 +133,14 @@ def epoch_records(path: Path) -> list[dict]:
     return [r for r in read_records(path) if r["type"] == "epoch"]
 
 
+def tensorboard_scalars(log_dir: Path) -> dict[str, dict[str, list]]:
+    """{"scalars"|"tensors": {tag: [[step, value], ...]}} of what a run wrote for TensorBoard,
+    read in a process of
+    its own (tests/helpers/tensorboard_scalars.py): TensorFlow never enters the test process."""
+    proc = python([HELPERS / "tensorboard_scalars.py", log_dir], cwd=Path(log_dir).parent)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def load_checkpoint(path: str | Path) -> dict:
     import torch
 
