@@ -379,6 +379,34 @@ def run_strategy(recipe: Path, tmp: Path, name: str, np: int, *flags, check: boo
     return proc, (final_record(out / "m.jsonl") if check else None)
 
 
+# --- the SLURM script, run here without SLURM ------------------------------------------------
+
+SBATCH = ROOT / "recipes" / "slurm" / "horovod.sbatch"
+
+
+def sbatch(*args, env=None, check=True):
+    """``bash recipes/slurm/horovod.sbatch args...`` run here, as a SLURM job's batch script."""
+    proc = subprocess.run(["bash", str(SBATCH), *map(str, args)], cwd=ROOT, env=env or job_env(),
+                          capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def slurm_env(tmp_path, nodes, ntasks, per_node, **extra):
+    """The environment SLURM gives a batch script, with a fake ``scontrol`` on PATH."""
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "scontrol").write_text(  # "show hostnames" lists the nodes; "requeue" is logged
+        f'#!/bin/sh\nif [ "$1" = requeue ]; then echo "$@" >> {fake}/requeued; exit 0; fi\n'
+        + "".join(f"echo {n}\n" for n in nodes))
+    (fake / "scontrol").chmod(0o755)
+    env = job_env()
+    env.update({"PATH": f"{fake}{os.pathsep}{env['PATH']}", "SLURM_JOB_NODELIST": "node[01-02]",
+                "SLURM_NTASKS": str(ntasks), "SLURM_NTASKS_PER_NODE": per_node, **extra})
+    return env
+
+
 # --- data a test writes ------------------------------------------------------------------------
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -15,33 +15,12 @@ from tests.support import (
     HANG_GUARD_S,
     MNIST,
     ROOT,
+    SBATCH,
     final_record,
-    job_env,
     read_records,
+    sbatch,
+    slurm_env,
 )
-
-SBATCH = ROOT / "recipes" / "slurm" / "horovod.sbatch"
-
-
-def sbatch(*args, env=None, check=True):
-    proc = subprocess.run(["bash", str(SBATCH), *map(str, args)], cwd=ROOT, env=env or job_env(),
-                          capture_output=True, text=True)
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
-def slurm_env(tmp_path, nodes, ntasks, per_node, **extra):
-    fake = tmp_path / "bin"
-    fake.mkdir(exist_ok=True)
-    (fake / "scontrol").write_text(  # "show hostnames" lists the nodes; "requeue" is logged
-        f'#!/bin/sh\nif [ "$1" = requeue ]; then echo "$@" >> {fake}/requeued; exit 0; fi\n'
-        + "".join(f"echo {n}\n" for n in nodes))
-    (fake / "scontrol").chmod(0o755)
-    env = job_env()
-    env.update({"PATH": f"{fake}{os.pathsep}{env['PATH']}", "SLURM_JOB_NODELIST": "node[01-02]",
-                "SLURM_NTASKS": str(ntasks), "SLURM_NTASKS_PER_NODE": per_node, **extra})
-    return env
 
 
 def test_sbatch_mpirun_path_trains_here(tmp_path):

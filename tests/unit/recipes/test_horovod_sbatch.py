@@ -3,38 +3,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 
 from tests.support import (
     MNIST,
-    ROOT,
+    SBATCH,
     job_env,
+    sbatch,
+    slurm_env,
 )
-
-SBATCH = ROOT / "recipes" / "slurm" / "horovod.sbatch"
-
-
-def sbatch(*args, env=None, check=True):
-    proc = subprocess.run(["bash", str(SBATCH), *map(str, args)], cwd=ROOT, env=env or job_env(),
-                          capture_output=True, text=True)
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
-def slurm_env(tmp_path, nodes, ntasks, per_node, **extra):
-    fake = tmp_path / "bin"
-    fake.mkdir(exist_ok=True)
-    (fake / "scontrol").write_text(  # "show hostnames" lists the nodes; "requeue" is logged
-        f'#!/bin/sh\nif [ "$1" = requeue ]; then echo "$@" >> {fake}/requeued; exit 0; fi\n'
-        + "".join(f"echo {n}\n" for n in nodes))
-    (fake / "scontrol").chmod(0o755)
-    env = job_env()
-    env.update({"PATH": f"{fake}{os.pathsep}{env['PATH']}", "SLURM_JOB_NODELIST": "node[01-02]",
-                "SLURM_NTASKS": str(ntasks), "SLURM_NTASKS_PER_NODE": per_node, **extra})
-    return env
 
 
 def test_sbatch_header_asks_one_task_per_gpu():
