@@ -13,17 +13,19 @@ train: setup
 	horovodrun -np $(NP) python recipes/pytorch/mnist.py
 
 # The README's test command: lint, then the whole suite (tests/unit and every real job in
-# tests/jobs). Budget: at most 25 minutes from a fresh clone with setup (Horovod's wheel cached).
+# tests/jobs), in two pytest-xdist processes (tests/conftest.py keeps the timing-sensitive tests
+# alone); a crashed test process ends the run rather than being replaced (a replaced one left
+# the run waiting). Budget: at most 25 minutes from a fresh clone with setup (wheel cached).
 test: setup lint
-	python -m pytest -v -ra --durations=25 -n 2 --dist loadfile
+	python -m pytest -v -ra --durations=25 -n 2 --dist loadfile --max-worker-restart 0
 
 # The unit lane: every test that starts no worker process (tests/unit). Budget: 2 minutes.
 test-unit: setup
-	python -m pytest tests/unit -q -n 2
+	python -m pytest tests/unit -q -n 2 --max-worker-restart 0
 
 # One feature's real jobs: make test-jobs JOBS=faults (a folder of tests/jobs; all without JOBS).
 test-jobs: setup
-	python -m pytest tests/jobs/$(JOBS) -v -ra --durations=10 -n 2 --dist loadfile
+	python -m pytest tests/jobs/$(JOBS) -v -ra --durations=10 -n 2 --dist loadfile --max-worker-restart 0
 
 lint: setup
 	ruff check .
