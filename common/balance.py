@@ -11,11 +11,13 @@ Each rank times its epoch's train steps in three parts (:class:`EpochTimes`):
 
 Under synchronous allreduce every rank's step takes as long as the slowest rank's, so the ranks
 are compared by their *busy* time (data + compute, without the communication wait): a straggler
-is busy longer and waits less. At each epoch's end rank 0 gathers every rank's times and host
-(one small collective every rank makes) and :func:`summarize` names the slowest rank, its host,
-the spread (slowest busy time / median busy time), its main cause and the share of step time
-spent communicating. Times are host clocks: on a GPU, where a step's work runs ahead of the host,
-they measure what the host waited for, not the device's work.
+is busy longer and waits less. Each rank's slowest tenth of steps is left out
+(:func:`rank_times`): a one-off pause of one process is not a straggler. At each epoch's end
+rank 0 gathers every rank's times and host (one small collective every rank makes) and
+:func:`summarize` names the slowest rank, its host, the spread (slowest busy time / median busy
+time), its main cause and the share of step time spent communicating. Times are host clocks: on
+a GPU, where a step's work runs ahead of the host, they measure what the host waited for, not
+the device's work.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # A rank whose busy time exceeds the median by this factor is named on the epoch's line.
 STRAGGLER_SPREAD = 1.25
+# The share of each rank's slowest steps left out of its epoch's times (see rank_times).
+PAUSE_TRIM = 0.1
 
 # Test hook: "RANK:SECONDS" sleeps that long in RANK's data loading before every batch, to make
 # a straggler on purpose (tests/jobs/monitoring/test_balance.py). Unset in real runs.
@@ -36,12 +40,32 @@ SLOW_DATA_ENV = "HOROVOD_RECIPES_TEST_SLOW_DATA"
 
 @dataclass
 class EpochTimes:
-    """One rank's seconds in one epoch's train steps."""
+    """One rank's seconds in one epoch's train steps, step by step.
 
-    steps: int = 0
-    data_s: float = 0.0
-    step_s: float = 0.0  # inside the backend's train step (compute + communication)
-    comm_s: float | None = None
+    ``comm_clock`` is the backend's running communication total (:meth:`Backend.comm_seconds`),
+    read around each step; None, or a clock that answers None, gives no split."""
+
+    comm_clock: Callable[[], float | None] | None = None
+    data_by_step: list[float] = field(default_factory=list)
+    step_by_step: list[float] = field(default_factory=list)  # compute + communication
+    comm_by_step: list[float] | None = field(default_factory=list)
+    _data: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.comm_clock is None or self.comm_clock() is None:
+            self.comm_by_step = None
+
+    @property
+    def steps(self) -> int:
+        return len(self.step_by_step)
+
+    @property
+    def data_s(self) -> float:
+        return sum(self.data_by_step)
+
+    @property
+    def step_s(self) -> float:
+        return sum(self.step_by_step)
 
     def batches(self, batches: Iterable, rank: int) -> Iterator:
         """``batches``, timing each wait for the next one (and the test hook's sleep)."""
@@ -55,14 +79,20 @@ class EpochTimes:
                 batch = next(it)
             except StopIteration:
                 return
-            self.data_s += time.perf_counter() - began
+            self._data = time.perf_counter() - began
             yield batch
 
     def timed_step(self, step: Callable, batch):
+        comm_before = self.comm_clock() if self.comm_by_step is not None else None
         began = time.perf_counter()
         out = step(batch)
-        self.step_s += time.perf_counter() - began
-        self.steps += 1
+        self.step_by_step.append(time.perf_counter() - began)
+        self.data_by_step.append(self._data)
+        self._data = 0.0
+        if comm_before is None or self.comm_by_step is None:
+            self.comm_by_step = None
+        else:
+            self.comm_by_step.append(self.comm_clock() - comm_before)
         return out
 
 
@@ -74,11 +104,21 @@ def _test_delay(rank: int) -> float:
     return float(seconds) if who.isdigit() and int(who) == rank else 0.0
 
 
-def rank_times(times: EpochTimes) -> tuple:
-    """What each rank contributes to the epoch's gather: host, steps, data, compute, comm."""
-    comm = times.comm_s
-    compute = times.step_s - (comm or 0.0)
-    return (socket.gethostname(), times.steps, times.data_s, max(compute, 0.0), comm)
+def rank_times(times: EpochTimes, trim: float = PAUSE_TRIM) -> tuple:
+    """What each rank contributes to the epoch's gather: host, steps, data, compute, comm, summed
+    over its steps without the slowest ``trim`` share of them (by busy time, data + compute).
+
+    A pause of the whole process (the OS running another process on its core, a page fault, a
+    collector) lands on one rank's one or two steps; in a short epoch it alone would name a
+    straggler. A straggler is slow on most of its steps and stays slow without its slowest tenth."""
+    comms = times.comm_by_step
+    computes = [max(s - (comms[i] if comms is not None else 0.0), 0.0)
+                for i, s in enumerate(times.step_by_step)]
+    busy = [d + c for d, c in zip(times.data_by_step, computes, strict=True)]
+    kept = sorted(range(len(busy)), key=busy.__getitem__)[:len(busy) - int(len(busy) * trim)]
+    comm = None if comms is None else sum(comms[i] for i in kept)
+    return (socket.gethostname(), len(kept), sum(times.data_by_step[i] for i in kept),
+            sum(computes[i] for i in kept), comm)
 
 
 def summarize(every: list[tuple], threshold: float = STRAGGLER_SPREAD) -> dict:

@@ -87,7 +87,8 @@ def remembered(check: Callable[..., Any]) -> Callable[..., Any]:
         if now is not None and isinstance(entry, dict) and entry.get("stamp") == now:
             return entry["result"]
         result = check(ext_base_name, fn, fn_desc, verbose)
-        if now is not None and isinstance(result, bool):
+        # Horovod's answers are bools or, for NCCL/DDL/CCL, the library's 0 or 1.
+        if now is not None and isinstance(result, int):
             entries = _read(path)  # another launch may have added its own meanwhile
             entries[key] = {"stamp": now, "result": result}
             _write(path, entries)

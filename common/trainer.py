@@ -207,7 +207,7 @@ class Trainer:
             bar = self.out.bar(self.n_steps, f"epoch {self.epoch + 1}/{run.epochs}")
             bar.update(self.n_steps - b.steps_left(self.start))
             clock, seen, last_refresh = Throughput(), 0, 0.0
-            times, comm_before = EpochTimes(), b.comm_seconds()
+            times = EpochTimes(comm_clock=b.comm_seconds)
             # A world that shrank, or a stop at an epoch's last step, may leave no step of the
             # epoch: it is complete.
             complete, stopping = b.steps_left(self.start) == 0, False
@@ -243,8 +243,6 @@ class Trainer:
                 if on_step:
                     on_step(False)
             bar.close()
-            if comm_before is not None:
-                times.comm_s = b.comm_seconds() - comm_before
             local.add_counters(b.read_counters(counters))
             self.end_epoch(local, clock.elapsed, seen, complete, stopping, times)
             if on_step:

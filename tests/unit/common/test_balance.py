@@ -40,13 +40,42 @@ def test_without_a_communication_split_the_share_is_unknown():
 
 def test_epoch_times_split_data_waits_from_steps(monkeypatch):
     monkeypatch.setenv(SLOW_DATA_ENV, "1:0.01")
-    times = EpochTimes()
+    clock = iter([0.0, 0.0, 0.5, 0.5, 1.0, 1.0, 1.5, 1.5, 2.0, 2.0, 2.5])  # 0.5 s of each step
+    times = EpochTimes(comm_clock=lambda: next(clock))
     out = [times.timed_step(lambda b: b * 2, b) for b in times.batches(range(5), rank=1)]
     assert out == [0, 2, 4, 6, 8] and times.steps == 5
     assert times.data_s >= 0.05 and times.step_s < 0.05
+    assert times.comm_by_step == [0.5] * 5
     other = EpochTimes()
     list(other.batches(range(5), rank=0))  # the hook slows only the rank it names
     assert other.data_s < 0.01
-    times.comm_s = 0.0
     host, steps, data, compute, comm = rank_times(times)
-    assert steps == 5 and data == times.data_s and comm == 0.0 and compute == times.step_s
+    assert steps == 5 and data == pytest.approx(times.data_s) and comm == 2.5
+    assert compute == 0.0  # the clock claimed more than the step took: never negative
+
+
+def steps(times: EpochTimes, data: list[float], step: list[float]) -> EpochTimes:
+    times.data_by_step, times.step_by_step = data, step
+    times.comm_by_step = [0.0] * len(step)
+    return times
+
+
+def test_without_a_clock_there_is_no_split():
+    assert rank_times(EpochTimes())[4] is None
+    times = EpochTimes(comm_clock=lambda: None)  # TensorFlow's backend
+    times.timed_step(lambda b: b, 1)
+    assert times.comm_by_step is None and rank_times(times)[4] is None
+
+
+def test_a_one_off_pause_is_left_out_and_a_steady_straggler_is_not():
+    even = steps(EpochTimes(), [0.0] * 20, [0.01] * 20)
+    paused = steps(EpochTimes(), [0.0] * 20, [0.01] * 19 + [0.2])  # one 200 ms pause
+    assert summarize([rank_times(even), rank_times(paused)])["straggler"] is None
+    assert summarize([rank_times(even), rank_times(paused, trim=0.0)])["straggler"]
+    slow = steps(EpochTimes(), [0.01] * 20, [0.01] * 20)  # slow data on every step
+    fields = summarize([rank_times(even), rank_times(slow)])
+    assert fields["slowest_rank"] == 1 and fields["straggler"].startswith("rank 1 on ")
+    often = steps(EpochTimes(), [0.0] * 20, [0.01] * 14 + [0.1] * 6)  # slow on 6 steps of 20
+    assert summarize([rank_times(even), rank_times(often)])["slowest_rank"] == 1
+    assert summarize([rank_times(even), rank_times(often)])["straggler"]
+    assert rank_times(even)[1] == 18  # two of twenty steps left out

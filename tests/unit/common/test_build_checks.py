@@ -47,6 +47,14 @@ def test_an_answer_is_kept_until_a_file_it_depends_on_changes(cache):
     assert remembered(Horovod(None))("tensorflow", None, "built with MPI", False) is False
 
 
+def test_an_answer_of_0_from_the_library_is_kept(cache):
+    check = Horovod(0)  # horovod_nccl_built() answers 0 on a CPU build
+    cached = remembered(check)
+    assert cached("tensorflow", None, "built with NCCL", False) == 0
+    assert cached("tensorflow", None, "built with NCCL", False) == 0
+    assert check.calls == [("tensorflow", "built with NCCL")]
+
+
 def test_gpu_verbose_and_failed_checks_are_always_asked(cache):
     path, files = cache
     check = Horovod(True)

@@ -13,6 +13,7 @@ from common.data import (
     load_cifar10,
     load_digits_split,
     load_mnist_idx,
+    read_digits,
     read_idx,
     shard_indices,
 )
@@ -70,6 +71,22 @@ def test_digits_split_is_fixed_and_disjoint():
     train2, _ = load_digits_split()
     np.testing.assert_array_equal(train.labels, train2.labels)
     assert train.images.max() <= 1.0 and train.images.shape[1:] == (8, 8)
+
+
+def test_digits_read_from_the_file_equal_scikit_learns_loader(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    want = load_digits()
+    images, labels = read_digits()
+    np.testing.assert_array_equal(images, want.images)
+    np.testing.assert_array_equal(labels, want.target)
+    # Where the file is not found, the loader itself answers.
+    import common.data
+
+    monkeypatch.setattr(common.data.os.path, "isfile", lambda _path: False)
+    images, labels = read_digits()
+    np.testing.assert_array_equal(images, want.images)
+    np.testing.assert_array_equal(labels, want.target)
 
 
 @given(n=st.integers(0, 500), size=st.integers(1, 8), seed=st.integers(0, 2**31),
