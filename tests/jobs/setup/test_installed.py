@@ -25,11 +25,19 @@ def test_second_setup_is_a_no_op():
     assert proc.stdout.strip().startswith("setup: up to date")
 
 
-def test_horovod_has_pytorch_tensorflow_mpi_gloo():
+def test_horovod_has_pytorch_tensorflow_mpi_gloo(tmp_path):
     proc = run([str(BIN / "horovodrun"), "--check-build"], env=job_env())
     assert proc.returncode == 0
     for name in ("PyTorch", "TensorFlow", "MPI", "Gloo"):
         assert re.search(rf"\[X\] {name}\b", proc.stdout), proc.stdout
+    # setup's check (one process that imports the extensions, its checks forked from it) prints
+    # the very table horovodrun does, asked afresh (an empty cache)
+    env = {**job_env(), "HOROVOD_RECIPES_CACHE": str(tmp_path / "cache")}
+    ours = run([str(BIN / "python"), "-m", "common.build_checks", "horovod.torch",
+                "horovod.tensorflow"], env=env)
+    assert ours.returncode == 0, ours.stderr[-3000:]
+    assert ours.stdout == proc.stdout
+    assert (tmp_path / "cache" / "build-checks.json").exists()
 
 
 def test_installed_versions_are_the_pinned_ones():
