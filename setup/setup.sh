@@ -151,8 +151,10 @@ uv_or_pip() {
   if pip_in_venv install "uv==$UV_VERSION" >/dev/null; then
     local index_args=()
     mapfile -t index_args < <(pip_index_args) || true
+    # --compile-bytecode: as pip does, so that a user who cannot write to the venv (a Docker
+    # image run as another user) does not compile TensorFlow's modules at every start.
     if "$VENV/bin/uv" pip install --python "$VENV/bin/python" --index-strategy unsafe-best-match \
-        "${index_args[@]}" "$@"; then
+        --compile-bytecode "${index_args[@]}" "$@"; then
       return 0
     fi
     echo "uv could not install $*; installing with pip"
