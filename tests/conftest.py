@@ -8,13 +8,16 @@ jobs and is marked ``multiprocess``. Helpers to launch jobs live in tests/suppor
 time waiting (process start-up, a launcher's rendezvous, a fault being noticed), which the other
 process fills. A test marked ``serial`` (stall and signal timing, load balance, host reads, the
 benchmark smoke runs) runs alone: it waits until the test beside it has ended, and no other
-test starts until it has (a writer-preferring lock shared by the xdist processes). Each file
+test starts until it has (a writer-preferring lock shared by the xdist processes); a test
+whose timing matters only while one job runs takes the ``alone`` fixture for that part, and
+runs its reference and rerun jobs beside other tests. Each file
 runs in one process (``--dist loadfile``), so a module's reference run is made once; a session
 reference that several files read is made once for both (tests.support.shared_run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import sys
 import tempfile
@@ -70,6 +73,29 @@ def pytest_runtest_protocol(item, nextitem):
         yield
     finally:
         alone.leave(serial)
+
+
+@pytest.fixture
+def alone(request):
+    """``with alone(): ...``: that part of the test runs alone, like a ``serial`` test, and the
+    rest (its reference runs, its resumed rerun) beside other tests. For a test whose timing
+    matters only while one job runs (a fault injected and the job's end)."""
+    lock = request.config._alone
+
+    @contextlib.contextmanager
+    def part():
+        if lock is None:
+            yield
+            return
+        lock.leave(serial=False)  # never an upgrade: two tests asking at once would deadlock
+        lock.enter(serial=True)
+        try:
+            yield
+        finally:
+            lock.leave(serial=True)
+            lock.enter(serial=False)
+
+    return part
 
 
 @pytest.fixture(autouse=True)

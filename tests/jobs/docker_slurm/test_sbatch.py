@@ -8,8 +8,6 @@ import signal
 import subprocess
 import time
 
-import pytest
-
 from tests.support import (
     BIN,
     HANG_GUARD_S,
@@ -35,33 +33,31 @@ def test_sbatch_mpirun_path_trains_here(tmp_path):
     assert final["world_size"] == 2 and final["checkpoint"]
 
 
-@pytest.mark.serial
-def test_sbatch_stops_at_a_checkpoint_on_the_time_limit_signal_and_requeues(tmp_path):
+def test_sbatch_stops_at_a_checkpoint_on_the_time_limit_signal_and_requeues(tmp_path, alone):
     """SLURM's warning signal (SIGUSR1 to the batch script) reaches both ranks through mpirun;
     they stop at one step with a checkpoint, exit 75, and the script requeues the job; the
     requeued run resumes and finishes."""
-
-
     root = "--allow-run-as-root " if os.geteuid() == 0 else ""
     env = slurm_env(tmp_path, ["localhost"], 2, "2", LAUNCHER="mpirun", VENV=str(BIN.parent),
                     MPIRUN_ARGS=root + "-mca pml ob1 -mca btl ^openib", SLURM_JOB_ID="4242")
     metrics = tmp_path / "metrics.jsonl"
     flags = [MNIST, "--epochs", "30", "--batch-size", "8", "--no-progress", "--checkpoint-dir",
              tmp_path / "ckpt", "--metrics-file", metrics]
-    job = subprocess.Popen(["bash", str(SBATCH), *map(str, flags)], cwd=ROOT, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
-    try:
-        deadline = time.monotonic() + HANG_GUARD_S
-        while not (metrics.exists() and read_records(metrics)):
-            assert job.poll() is None, job.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@180 sends
-        out, err = job.communicate(timeout=120)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
+    with alone():  # signal timing: the job alone; the requeued run beside other tests
+        job = subprocess.Popen(["bash", str(SBATCH), *map(str, flags)], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+        try:
+            deadline = time.monotonic() + HANG_GUARD_S
+            while not (metrics.exists() and read_records(metrics)):
+                assert job.poll() is None, job.communicate()
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@180 sends
+            out, err = job.communicate(timeout=120)
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
     assert job.returncode == 75, out[-3000:] + err[-3000:]
     assert "horovod.sbatch: got SIGUSR1" in out
     assert "stopped by signals on 2 ranks after step" in out or "stopped by SIGUSR1" in out

@@ -36,14 +36,15 @@ def test_a_killed_rank_ends_the_job_and_the_rerun_resumes_exactly(tmp_path, unin
     rerun_matches(run, uninterrupted, tmp_path, FAULT_FLAGS)
 
 
-@pytest.mark.serial
 @pytest.mark.parametrize("launcher", ["mpi", "gloo"])
 def test_a_stopped_rank_ends_the_job_after_the_stall_timeout_naming_it(tmp_path, uninterrupted,
-                                                                       fault_record, launcher):
+                                                                       fault_record, launcher,
+                                                                       alone):
     run = tmp_path / "run"
-    job = Faulty(launcher, MNIST, FAULT_FLAGS, run, tmp_path)
-    job.wait_for_first_epoch()
-    job.inject(job.rank_pid(1), signal.SIGSTOP, fault_record)
+    with alone():  # the stall's timing: the job alone; its rerun beside other tests
+        job = Faulty(launcher, MNIST, FAULT_FLAGS, run, tmp_path)
+        job.wait_for_first_epoch()
+        job.inject(job.rank_pid(1), signal.SIGSTOP, fault_record)
     assert job.seconds >= 8  # not before the timeout
     assert re.search(r"Exit code: +124|exit with status code 124", job.err), job.err[-3000:]
     lines = [x for x in job.err.splitlines() if "error: stalled:" in x]
@@ -75,12 +76,14 @@ def test_a_stopped_rank_ends_a_tensorflow_job_too(tmp_path, fault_record, recipe
     assert "rank 1 on " in said and "stopped answering" in said
 
 
-def signal_rank1(script: Path, flags: list, run: Path, cwd: Path, sig, record: list) -> int:
+def signal_rank1(script: Path, flags: list, run: Path, cwd: Path, sig, record: list,
+                 alone) -> int:
     """Send ``sig`` to rank 1 of a Gloo job after its first epoch: every rank must stop after
     one step with exit 75 and a checkpoint of that step; returns the step."""
-    job = Faulty("gloo", script, flags, run, cwd)
-    job.wait_for_first_epoch()
-    job.inject(job.rank_pid(1), sig, record)
+    with alone():  # signal timing: the job alone; the rerun after it beside other tests
+        job = Faulty("gloo", script, flags, run, cwd)
+        job.wait_for_first_epoch()
+        job.inject(job.rank_pid(1), sig, record)
     assert job.job.returncode != 0
     # Both ranks agreed and exit 75 (the launcher reports the first; it may end the other).
     assert re.search(r"Exit code: +75|exit with status code 75", job.err), job.err[-3000:]
@@ -92,24 +95,22 @@ def signal_rank1(script: Path, flags: list, run: Path, cwd: Path, sig, record: l
     return step
 
 
-@pytest.mark.serial
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1],
                          ids=["TERM", "INT", "USR1"])
 def test_a_signal_on_one_worker_stops_all_at_one_step_and_resumes_exactly(tmp_path, sig,
                                                                          uninterrupted,
-                                                                         fault_record):
+                                                                         fault_record, alone):
     run = tmp_path / "run"
-    signal_rank1(MNIST, FAULT_FLAGS, run, tmp_path, sig, fault_record)
+    signal_rank1(MNIST, FAULT_FLAGS, run, tmp_path, sig, fault_record, alone)
     rerun_matches(run, uninterrupted, tmp_path, FAULT_FLAGS)  # the same command resumes
 
 
-@pytest.mark.serial
 @pytest.mark.parametrize("recipe", ["mnist.py", "keras_mnist.py"])
-def test_tensorflow_recipes_stop_on_a_signal_and_resume(tmp_path, recipe, fault_record):
+def test_tensorflow_recipes_stop_on_a_signal_and_resume(tmp_path, recipe, fault_record, alone):
     script = MNIST.parents[1] / "tensorflow" / recipe
     flags = ["--epochs", "2", "--batch-size", "8", "--no-progress"]
     run = tmp_path / "run"
-    step = signal_rank1(script, flags, run, tmp_path, signal.SIGTERM, fault_record)
+    step = signal_rank1(script, flags, run, tmp_path, signal.SIGTERM, fault_record, alone)
     proc = horovodrun(2, [script, *flags, "--checkpoint-dir", run / "ckpt", "--metrics-file",
                           run / "m.jsonl"], cwd=tmp_path)
     assert f"(epoch 1, step {step})" in proc.stdout
