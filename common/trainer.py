@@ -294,6 +294,9 @@ class Trainer:
         self.out.print(f"stopped by {why} after step {self.step} (epoch {self.epoch + 1}); "
                        f"{where}")
         self.out.close()
+        # No rank leaves before rank 0 has said so: mpirun ends the whole job at the first
+        # rank's exit 75, which cut rank 0's line off when the other rank got out first.
+        self.backend.allreduce_sum(np.zeros(1))
         raise Preempted(why)
 
     def check_divergence(self, sums: MetricSums | None, weights_finite: bool = True) -> None:

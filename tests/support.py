@@ -296,10 +296,11 @@ class Faulty:
         assert "<stderr>:Traceback" not in self.err and "Traceback" not in self.out
 
 
-# The fault tests' run: a second epoch (89 steps) still to go when the fault hits after the first,
-# a checkpoint every 30 steps, a stall timeout short enough to wait for and long enough to be
-# unambiguous.
-FAULT_FLAGS = ["--epochs", "2", "--batch-size", "8", "--checkpoint-steps", "30", "--no-progress",
+# The fault tests' run: three epochs (89 steps each, about 0.6 s) still to go when the fault
+# hits after the first, a checkpoint every 30 steps, a stall timeout short enough to wait for and
+# long enough to be unambiguous. With one epoch to go, a job whose launcher was killed sometimes
+# finished its last steps before the workers' next check of the launcher (CI, 2026-12-02).
+FAULT_FLAGS = ["--epochs", "4", "--batch-size", "8", "--checkpoint-steps", "30", "--no-progress",
                "--stall-timeout", "8"]
 
 
