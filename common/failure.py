@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 
@@ -52,6 +53,33 @@ def say(line: str) -> None:
     sys.stderr.flush()
 
 
+# How long a rank that found bad input waits for the others to find it too before it exits.
+USER_ERROR_WAIT_S = 30.0
+
+
+def wait_for_the_other_ranks(timeout_s: float = USER_ERROR_WAIT_S) -> None:
+    """Under an MPI launch, wait (at most ``timeout_s``) until every rank has reached this point.
+
+    Bad input that each rank checks for itself (a flag, a layout) is found by all of them, but
+    not at the same moment: mpirun ends the whole job at the first non-zero exit, which cut off
+    the line of a rank still starting up. A rank that errs alone (no other arrives) exits after
+    the timeout: a bounded wait, never a hang. Without an MPI launch (one process, Gloo's
+    horovodrun) there is nothing to wait for."""
+    if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) < 2:
+        return
+
+    from mpi4py import MPI  # starts MPI if Horovod has not: cheap next to the import of torch
+
+    if MPI.Is_finalized():
+        return
+    request = MPI.COMM_WORLD.Ibarrier()
+    deadline = time.monotonic() + timeout_s
+    while not request.Test():
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
+
+
 def env_rank() -> str:
     """This process's rank as its launcher set it (before or without Horovod)."""
     for var in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
@@ -73,11 +101,10 @@ def run_main(main: Callable[[], object]) -> None:
         _exit(e.exit_code)
     except UserError as e:
         say(f"error: {e}")
-        if isinstance(e, AgreedError):
-            try:
-                e.sync()
-            except Exception:  # noqa: BLE001 - another rank already gone: exit anyway
-                pass
+        try:
+            e.sync() if isinstance(e, AgreedError) else wait_for_the_other_ranks()
+        except Exception:  # noqa: BLE001 - another rank already gone: exit anyway
+            pass
         _exit(2)
     except KeyboardInterrupt:
         say(f"rank {env_rank()}: interrupted")

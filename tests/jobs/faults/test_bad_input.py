@@ -6,6 +6,7 @@ from tests.support import (
     HELPERS,
     MNIST,
     horovodrun,
+    mpirun,
     worker_errors,
 )
 
@@ -35,6 +36,17 @@ def test_bad_flag_is_one_line_and_ends_the_job(tmp_path):
     worker_lines = [line for line in proc.stderr.splitlines() if "]<stderr>:" in line]
     said = {line.split("]<stderr>:", 1)[1] for line in worker_lines} - {"Terminated"}
     assert said == {"error: --epochs must be at least 1, got 0"}, proc.stderr
+
+
+def test_a_rank_that_starts_late_still_says_the_error(tmp_path):
+    """Under MPI the first rank to find bad input waits (bounded) for the others to find it too
+    before it exits: mpirun ends the job at the first non-zero exit, which cut off the line of a
+    rank still starting up (common.failure.wait_for_the_other_ranks)."""
+    proc = mpirun(2, [HELPERS / "late_rank.py", "4", MNIST, "--epochs", "0"], cwd=tmp_path,
+                  check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: --epochs must be at least 1, got 0"] * 2, proc.stderr[-3000:]
 
 
 def test_crash_on_one_rank_ends_the_job(tmp_path):

@@ -48,10 +48,10 @@ def test_sync_parameter_server_equals_synchronous_data_parallelism(tmp_path, ref
     assert sum(final["bytes_sent_per_step_by_rank"][2:]) == 2 * grads
 
 
-def test_parameter_server_resumes_on_other_servers(tmp_path, two_epochs_alone):
+def test_parameter_server_resumes_on_other_servers(tmp_path, two_epochs_alone, two_epochs_data):
     """A sync run's first epoch on 1 server, continued on 2: the same as 2 epochs in one process
     (the checkpoint holds the whole model and its momentum by name)."""
-    two = TWO_EPOCHS
+    two = [*TWO_EPOCHS, *two_epochs_data]
     run_strategy(PS, tmp_path, "run", 3, "--servers", "1", "--batch-size", "16", *two, "--epochs", "1")
     proc, final = run_strategy(PS, tmp_path, "run", 4, "--servers", "2", "--batch-size", "16", *two)
     assert "resumed from" in proc.stdout

@@ -1,0 +1,17 @@
+"""Run a script with rank 1 starting late: ``python late_rank.py SECONDS SCRIPT ARGS...``.
+
+Rank 1 (by the launcher's environment) sleeps SECONDS first, as a rank on a loaded or slower host
+does; every rank then runs SCRIPT as its main module with ARGS.
+"""
+
+import os
+import runpy
+import sys
+import time
+
+rank = os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("HOROVOD_RANK", "0"))
+if rank == "1":
+    time.sleep(float(sys.argv[1]))
+sys.argv = sys.argv[2:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
+runpy.run_path(sys.argv[0], run_name="__main__")
