@@ -28,7 +28,6 @@ from pathlib import Path
 
 from common.quiet import quiet_stderr
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # horovod.tensorflow imports TF: keep it quiet
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = "make setup (or: bash setup/setup.sh)"
 
@@ -297,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m common.doctor", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = parser.parse_args(argv)
+    # horovod.tensorflow imports TF: keep it quiet. Set here, for the doctor's own process; set
+    # at import it leaked into every process started by a program that merely imported this
+    # module (a test process's later jobs lost TensorFlow's start-up lines).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     report = diagnose()
     if args.json:
         print(json.dumps({"ok": report.ok, **report.facts, "problems": report.problems}, indent=1))

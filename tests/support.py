@@ -317,7 +317,11 @@ def rerun_matches(run: Path, reference: dict, cwd: Path, flags: list) -> subproc
     return proc
 
 
-def run_elastic_and_kill_one(script: Path, tmp_path: Path, epochs: int = 8):
+# The elastic runs' length: the worker is killed once epoch 1 is done, with 3 epochs to go on 2.
+ELASTIC_EPOCHS = 4
+
+
+def run_elastic_and_kill_one(script: Path, tmp_path: Path, epochs: int = ELASTIC_EPOCHS):
     """An elastic job on 3 workers (hosts localhost:2 and 127.0.0.1:1, no ssh): once it has
     finished an epoch, SIGKILL the 127.0.0.1 worker; the job must end well on 2 workers.
 

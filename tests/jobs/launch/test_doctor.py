@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from common.doctor import pinned_versions
 from common.quiet import is_noise
 from tests.support import (
@@ -19,10 +21,16 @@ from tests.support import (
 
 def doctor(*args, env=None):
     return subprocess.run([sys.executable, "-m", "common.doctor", *args], cwd=ROOT,
-                          env=env or job_env(), capture_output=True, text=True)
+                          env=env or job_env(), capture_output=True, text=True, timeout=300)
 
 
-def test_doctor_reports_this_build():
+@pytest.fixture(scope="module")
+def doctor_text():
+    """``python -m common.doctor`` as a user runs it: one run, read by two tests."""
+    return doctor()
+
+
+def test_doctor_reports_this_build(doctor_text):
     import torch
 
     proc = doctor("--json")
@@ -44,7 +52,7 @@ def test_doctor_reports_this_build():
     assert report["frameworks"]["tensorflow"] == pins["TENSORFLOW_VERSION"]
     assert len(report["gpus"]) == torch.cuda.device_count()
     assert all(p["level"] == "warning" for p in report["problems"])
-    text = doctor()
+    text = doctor_text
     assert text.returncode == 0
     assert "controllers  MPI, Gloo" in text.stdout and "(same as Horovod's)" in text.stdout
     assert text.stdout.rstrip().splitlines()[-1].startswith("doctor: ok")
@@ -76,8 +84,6 @@ def test_doctor_without_mpirun_warns_with_the_install_command(tmp_path):
     assert "apt-get install openmpi-bin" in warning["fix"]
 
 
-def test_the_doctor_says_only_its_report():
-    proc = subprocess.run([str(BIN / "python"), "-m", "common.doctor"], cwd=ROOT, env=job_env(),
-                          capture_output=True, text=True, timeout=300)
-    out = (proc.stdout + proc.stderr).splitlines()
+def test_the_doctor_says_only_its_report(doctor_text):
+    out = (doctor_text.stdout + doctor_text.stderr).splitlines()
     assert out[0].startswith("python ") and not [ln for ln in out if is_noise(ln)], out[:8]

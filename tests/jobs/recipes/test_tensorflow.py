@@ -10,6 +10,7 @@ import pytest
 
 from tests.support import (
     BIN,
+    ELASTIC_EPOCHS,
     HANG_GUARD_S,
     KERAS_MNIST,
     MNIST,
@@ -123,7 +124,7 @@ def test_elastic_keras_run_survives_a_killed_worker(tmp_path):
     assert "world changed: 2 worker(s) now" in output  # the trainer re-entered the new world
     assert final_record(tmp_path / "metrics.jsonl")["world_size"] == 2
     epochs = [r["epoch"] for r in records if r["type"] == "epoch"]
-    assert set(epochs) == set(range(1, 9))  # no epoch skipped (a restarted one repeats)
+    assert set(epochs) == set(range(1, ELASTIC_EPOCHS + 1))  # none skipped (a restarted one repeats)
 
 
 def test_tf_synthetic_benchmark_summary(tmp_path):
