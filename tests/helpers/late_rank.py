@@ -9,8 +9,9 @@ import runpy
 import sys
 import time
 
-rank = os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("HOROVOD_RANK", "0"))
-if rank == "1":
+from common.failure import env_rank
+
+if env_rank() == "1":
     time.sleep(float(sys.argv[1]))
 sys.argv = sys.argv[2:]
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
