@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
+import sys
 import time
+import types
 from collections.abc import Callable
 
 import horovod.torch as hvd
@@ -311,6 +313,19 @@ class TorchBackend(Backend):
         return MetricSums(self.val_layout, total.cpu().numpy())
 
     def scalar_writer(self, log_dir: str):
-        from torch.utils.tensorboard import SummaryWriter
+        return tensorboard_writer(log_dir)
 
-        return SummaryWriter(log_dir)
+
+def tensorboard_writer(log_dir: str):
+    """torch's ``SummaryWriter`` without TensorFlow. At import it asks TensorBoard for a TF-like
+    API, and TensorBoard answers with TensorFlow itself wherever it is installed: 9 s and about
+    1 GB more on rank 0 of every PyTorch run, the others waiting at the first collective.
+    ``tensorboard.compat.notf`` is TensorBoard's own switch to the stub it ships for that API
+    (local files and S3, all a scalar writer needs); a process that has already imported
+    TensorFlow keeps it."""
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf",
+                               types.ModuleType("tensorboard.compat.notf"))
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir)
