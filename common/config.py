@@ -362,7 +362,10 @@ def core_parser(description: str, kfold: bool = False, **defaults: Any) -> argpa
     g.add_argument("--base-lr", type=float, default=base["base_lr"],
                    help="learning rate of a single worker; the core scales it (see --lr-scaling)")
     g.add_argument("--momentum", type=float, default=base["momentum"], help="SGD momentum")
-    g.add_argument("--weight-decay", type=float, default=base["weight_decay"], help="L2 weight decay")
+    g.add_argument("--weight-decay", type=float, default=base["weight_decay"],
+                   help="L2 weight decay, as torch's SGD applies it in every recipe of both "
+                        "frameworks: weight_decay x w joins the averaged gradient before "
+                        "momentum (not Keras's decoupled weight_decay)")
     g.add_argument("--seed", type=int, default=base["seed"],
                    help="seed shared by all ranks (model init, data order)")
     g.add_argument("--max-steps", type=int, default=base["max_steps"],

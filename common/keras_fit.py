@@ -20,7 +20,14 @@ import numpy as np
 
 # First: TensorFlow is imported there, quietly (common.quiet); horovod.tensorflow.keras would
 # import it with its start-up lines.
-from common.tf_backend import TFBackend, compression, shard_dataset, tf  # isort: skip
+from common.tf_backend import (  # isort: skip
+    TFBackend,
+    compression,
+    refuse_two_weight_decays,
+    shard_dataset,
+    tf,
+    with_weight_decay,
+)
 import horovod.tensorflow.keras as hvd_keras  # isort: skip
 
 from common.config import TrainConfig
@@ -34,13 +41,31 @@ keras = tf.keras
 
 def distributed_optimizer(optimizer, cfg: TrainConfig):
     """Wrap a tf-keras optimizer in Horovod's Keras DistributedOptimizer with the core's
-    gradient options; accumulated passes are averaged, as in the other recipes."""
+    gradient options; accumulated passes are averaged, as in the other recipes, and
+    ``--weight-decay`` is added to the averaged gradient (``tf_backend.with_weight_decay``)."""
     g = cfg.gradients
+    if cfg.optimizer.weight_decay:
+        optimizer = _with_weight_decay(optimizer, cfg.optimizer.weight_decay)
     return hvd_keras.DistributedOptimizer(
         optimizer, compression=compression(cfg), backward_passes_per_step=g.batches_per_allreduce,
         average_aggregated_gradients=True,
         op=hvd_keras.Adasum if g.use_adasum else hvd_keras.Average,
         gradient_predivide_factor=g.gradient_predivide_factor)
+
+
+def _with_weight_decay(optimizer, weight_decay: float):
+    """The optimizer, as a subclass that adds the L2 term to the gradients it applies. Horovod's
+    optimizer subclasses it in turn, and calls it once per step with the averaged gradients."""
+    refuse_two_weight_decays(optimizer, weight_decay)
+    base = type(optimizer)
+
+    def apply_gradients(self, grads_and_vars, *args, **kwargs):
+        grads, variables = zip(*grads_and_vars, strict=True)
+        grads = with_weight_decay(grads, variables, weight_decay)
+        return base.apply_gradients(self, list(zip(grads, variables, strict=True)), *args, **kwargs)
+
+    cls = type(base.__name__, (base,), {"apply_gradients": apply_gradients})
+    return cls.from_config(optimizer.get_config())
 
 
 class TrainerCallback(keras.callbacks.Callback):

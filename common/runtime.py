@@ -61,6 +61,12 @@ _chosen = False
 # per cycle, over TCP under Gloo, and the default of 1 ms wakes it 1,000 times a second on cores
 # the workers' compute threads fill (README, "Performance", has what it was measured to do).
 GLOO_CPU_CYCLE_TIME_MS = "5"
+# The Open MPI transports horovodrun asks for (its own ``-mca btl ^openib``), and what the core
+# asks for instead when every worker is on one host (see runtime_settings).
+HOROVODRUN_BTL = "^openib"
+ONE_HOST_BTL = "^openib,ofi"
+# Values a launcher sets by itself: not the user's choice, so the core's setting replaces them.
+_LAUNCHER_DEFAULTS = {"OMPI_MCA_btl": HOROVODRUN_BTL}
 
 
 def cpu_cores(cgroup_fs: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int:
@@ -131,7 +137,16 @@ def launched_local_size(environ: Mapping[str, str]) -> int:
     return 1
 
 
-def runtime_settings(local_size: int, cores: int, on_gpu: bool, controller: str = "mpi") -> dict[str, str]:
+def launched_world_size(environ: Mapping[str, str]) -> int:
+    """Workers in the whole job as the launcher announces them (1 if none does)."""
+    for name in ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        if environ.get(name, "").isdigit():
+            return max(int(environ[name]), 1)
+    return 1
+
+
+def runtime_settings(local_size: int, cores: int, on_gpu: bool, controller: str = "mpi",
+                     world_size: int | None = None, btl: str | None = None) -> dict[str, str]:
     """The Horovod and Open MPI environment settings the core wants on this host.
 
     * ``OMPI_MCA_mpi_yield_when_idle=1`` under MPI when the workers' threads fill the cores
@@ -142,22 +157,30 @@ def runtime_settings(local_size: int, cores: int, on_gpu: bool, controller: str 
     * ``HOROVOD_CYCLE_TIME`` (:data:`GLOO_CPU_CYCLE_TIME_MS`) under Gloo on CPU-only hosts:
       fewer negotiation rounds over TCP, each of which wakes every rank. Under MPI (with the
       yield) the cycle time made no difference, and on GPUs a step is too short to wait longer.
+    * ``OMPI_MCA_btl`` :data:`ONE_HOST_BTL` under horovodrun's MPI when every worker is on this
+      host (``world_size == local_size``) and the transports are horovodrun's own (``btl``):
+      Open MPI's libfabric transport (ofi), which horovodrun leaves on, probes the fabric in each
+      worker's MPI_Init (0.4 s) and waits 1 s in its MPI_Finalize, while shared memory carries
+      all of a one-host job's traffic (measured 2026-12-06; README, "Performance"). Across hosts
+      it stays on: there it may be the fabric's transport.
     """
     settings = {}
     if controller != "gloo" and (not on_gpu or local_size >= cores):
         settings["OMPI_MCA_mpi_yield_when_idle"] = "1"
     if controller == "gloo" and not on_gpu:
         settings["HOROVOD_CYCLE_TIME"] = GLOO_CPU_CYCLE_TIME_MS
+    if controller != "gloo" and world_size == local_size and btl == HOROVODRUN_BTL:
+        settings["OMPI_MCA_btl"] = ONE_HOST_BTL
     return settings
 
 
 def apply_runtime_settings(wanted: Mapping[str, str],
                            environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
-    """Set each wanted value in ``environ`` unless it is already there (the user's wins); return
-    every setting as ``"value (who)"``."""
+    """Set each wanted value in ``environ`` unless it is already there (the user's wins; a
+    launcher's own default does not); return every setting as ``"value (who)"``."""
     used = {}
     for name, value in wanted.items():
-        if name in environ:
+        if name in environ and environ[name] != _LAUNCHER_DEFAULTS.get(name):
             used[name] = f"{environ[name]} (environment)"
         else:
             environ[name] = value
@@ -182,7 +205,8 @@ def choose_runtime_settings() -> dict[str, str]:
         _chosen = True
         SETTINGS.update(apply_runtime_settings(
             runtime_settings(launched_local_size(os.environ), cpu_cores(), _gpu_visible(),
-                             os.environ.get("HOROVOD_CONTROLLER", "mpi"))))
+                             os.environ.get("HOROVOD_CONTROLLER", "mpi"),
+                             launched_world_size(os.environ), os.environ.get("OMPI_MCA_btl"))))
     return SETTINGS
 
 

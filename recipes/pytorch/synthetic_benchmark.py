@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
 
     model = build_model(args.model, args.num_classes).to(rt.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.schedule.base_lr,
-                                momentum=cfg.optimizer.momentum)
+                                momentum=cfg.optimizer.momentum,
+                                weight_decay=cfg.optimizer.weight_decay)
     optimizer = distributed_optimizer(optimizer, model, cfg)  # distributed
     step_batch = cfg.run.batch_size * cfg.gradients.batches_per_allreduce
     x = torch.randn(step_batch, 3, args.image_size, args.image_size, device=rt.device)

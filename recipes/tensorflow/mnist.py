@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> None:
 
     train, val = load_mnist_or_digits(cfg.run.data_dir, cfg.run.folds, cfg.run.fold)
     model = build_model(train.images.shape[1])
-    optimizer = keras.optimizers.SGD(cfg.schedule.base_lr, momentum=cfg.optimizer.momentum,
-                                     weight_decay=cfg.optimizer.weight_decay or None)
+    optimizer = keras.optimizers.SGD(cfg.schedule.base_lr, momentum=cfg.optimizer.momentum)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     backend = TFBackend(rt, cfg, model, optimizer, loss_fn, train, val, num_classes=10)
     fit(backend, cfg, RECIPE, vars(args), f" ({train.name})")

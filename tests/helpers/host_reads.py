@@ -9,6 +9,9 @@ and in the whole run, then prints the counts as JSON. PyTorch: a TorchFunctionMo
 value is read through ``_EagerTensorBase._numpy`` (.numpy(), float(), bool(), np.asarray),
 which is counted.
 ``--sync-every-step`` adds one such read to every train step: what the count must catch.
+Reads made by the stop-signal agreement (``SignalWatch.agreed``) are counted apart, as
+``agreement``: it runs on a clock (about four times a second), so its count follows how fast
+the machine was, not the code.
 """
 
 from __future__ import annotations
@@ -21,12 +24,31 @@ FLAGS = ["--epochs", "1", "--batch-size", "8", "--stall-timeout", "0", "--no-pro
          "--checkpoint-dir", "", "--metrics-file", ""]  # nothing saved, nothing resumed
 reads: collections.Counter = collections.Counter()
 inside_step = [False]
+inside_agreement = [False]
 
 
 def count(name: str) -> None:
+    if inside_agreement[0]:
+        reads["agreement"] += 1
+        return
     reads[name] += 1
     if inside_step[0]:
         reads["in_train_step"] += 1
+
+
+def watch_agreements() -> None:
+    from common.preemption import SignalWatch
+
+    agreed = SignalWatch.agreed
+
+    def watched(self, *args, **kwargs):
+        inside_agreement[0] = True
+        try:
+            return agreed(self, *args, **kwargs)
+        finally:
+            inside_agreement[0] = False
+
+    SignalWatch.agreed = watched
 
 
 def watch_steps(backend_class, read=None) -> None:
@@ -118,6 +140,7 @@ def watch_keras_batches(recipe, sync: int) -> None:
 
 def main() -> None:
     framework, steps, sync = sys.argv[1], int(sys.argv[2]), "--sync-every-step" in sys.argv
+    watch_agreements()
     if framework == "torch":
         run_torch(steps, sync)
     else:

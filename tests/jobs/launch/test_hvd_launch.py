@@ -19,19 +19,18 @@ from tests.support import (
     rerun_matches,
 )
 
-# Signal timing: every worker stops at one step.
-pytestmark = pytest.mark.serial
-
 
 @pytest.mark.parametrize("launcher,sig", [("mpi", signal.SIGTERM), ("mpi", signal.SIGINT),
                                           ("mpirun", signal.SIGTERM), ("gloo", signal.SIGINT)])
 def test_a_signal_to_hvd_launch_stops_every_worker_at_a_checkpoint(tmp_path, uninterrupted,
-                                                                    fault_record, launcher, sig):
+                                                                    fault_record, launcher, sig,
+                                                                    alone):
     run = tmp_path / "run"
-    job = Faulty(launcher, MNIST, FAULT_FLAGS, run, tmp_path, wrapped=True)
-    job.wait_for_first_epoch()
-    workers = [job.rank_pid(0), job.rank_pid(1)]
-    job.inject(job.job.pid, sig, fault_record)
+    with alone():  # signal timing: the job alone; its rerun beside other tests
+        job = Faulty(launcher, MNIST, FAULT_FLAGS, run, tmp_path, wrapped=True)
+        job.wait_for_first_epoch()
+        workers = [job.rank_pid(0), job.rank_pid(1)]
+        job.inject(job.job.pid, sig, fault_record)
     assert job.job.returncode == 75, job.err[-3000:]
     assert "hvd-launch: job ended with exit status 75: stopped on a signal after writing a " \
            "checkpoint" in job.err
@@ -45,18 +44,19 @@ def test_a_signal_to_hvd_launch_stops_every_worker_at_a_checkpoint(tmp_path, uni
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
 def test_workers_of_a_horovodrun_that_dies_stop_at_a_checkpoint_not_orphaned(
-        tmp_path, uninterrupted, fault_record, sig):
+        tmp_path, uninterrupted, fault_record, sig, alone):
     """horovodrun under MPI dies on SIGTERM (or SIGKILL) and would leave mpirun and the workers
     training; the workers notice and stop at the next step with a checkpoint."""
     run = tmp_path / "run"
-    job = Faulty("mpi", MNIST, FAULT_FLAGS, run, tmp_path)
-    job.wait_for_first_epoch()
-    workers = [job.rank_pid(0), job.rank_pid(1)]
-    job.inject(job.job.pid, sig, fault_record)
-    deadline = time.monotonic() + END_BOUND_S
-    while any(Path(f"/proc/{pid}").exists() for pid in workers):
-        assert time.monotonic() < deadline, "workers outlived their launcher"
-        time.sleep(0.2)
+    with alone():  # signal timing: the job alone; its rerun beside other tests
+        job = Faulty("mpi", MNIST, FAULT_FLAGS, run, tmp_path)
+        job.wait_for_first_epoch()
+        workers = [job.rank_pid(0), job.rank_pid(1)]
+        job.inject(job.job.pid, sig, fault_record)
+        deadline = time.monotonic() + END_BOUND_S
+        while any(Path(f"/proc/{pid}").exists() for pid in workers):
+            assert time.monotonic() < deadline, "workers outlived their launcher"
+            time.sleep(0.2)
     [line] = [x for x in job.out.splitlines() if "stopped by" in x]  # mpirun kept the pipe
     assert re.search(r"stopped by (SIGHUP on rank \d|signals on 2 ranks) after step", line), line
     assert "the launcher (horovodrun, pid " in job.err

@@ -16,12 +16,10 @@ from tests.support import (
     job_env,
 )
 
-# Counts timed agreements (about four a second) in two runs: nothing beside them.
-pytestmark = pytest.mark.serial
-
 
 def host_reads(framework: str, steps: int, *extra: str) -> tuple[int, int]:
-    """(reads inside train steps, reads in the whole run) of a one-worker MNIST run."""
+    """(reads inside train steps, reads in the whole run) of a one-worker MNIST run, the
+    stop-signal agreement's aside (it runs on a clock: its count follows the machine's speed)."""
     proc = subprocess.run([str(BIN / "python"), str(HELPERS / "host_reads.py"), framework, str(steps),
                            *extra], cwd=ROOT, env=job_env(), capture_output=True, text=True,
                           timeout=HANG_GUARD_S)
@@ -29,19 +27,19 @@ def host_reads(framework: str, steps: int, *extra: str) -> tuple[int, int]:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["steps"] == steps
     reads = result["reads"]
+    reads.pop("agreement", None)
     return reads.pop("in_train_step", 0), sum(reads.values())
 
 
 @pytest.mark.parametrize("framework", ["torch", "tf", "keras"])
 def test_train_steps_read_nothing_back_to_the_host(framework):
     """The train step keeps its counters on the device: no read inside it, and a run's reads do
-    not grow with its steps (the epoch's end reads the counters; stop signals are agreed every
-    few short steps, not each). A read per step would show in both."""
+    not grow with its steps (the epoch's end reads the counters). A read per step would show in
+    both."""
     in_steps, few = host_reads(framework, 4)
     in_steps_many, many = host_reads(framework, 40)
     assert in_steps == in_steps_many == 0
     if framework != "keras":  # tf-keras's fit itself reads its steps_per_execution every step
         assert many - few < 40 // 2, (few, many)
     in_steps_sync, many_sync = host_reads(framework, 40, "--sync-every-step")
-    # Stop-signal agreements are timed (about four a second), so two runs may differ by one or two.
-    assert in_steps_sync == 40 and many_sync >= many + 40 - 3, (many, many_sync)
+    assert in_steps_sync == 40 and many_sync == many + 40, (many, many_sync)

@@ -9,13 +9,16 @@ import pytest
 import yaml
 
 from tests.support import (
+    BIN,
+    LAUNCHERS,
     MNIST,
     horovodrun,
     mpirun,
+    run_job,
 )
 
 
-@pytest.mark.parametrize("launch", ["horovodrun --gloo", "mpirun", "mpirun, yours"])
+@pytest.mark.parametrize("launch", ["horovodrun --gloo", "horovodrun", "mpirun", "mpirun, yours"])
 def test_a_launch_shows_and_saves_the_settings_it_ran_with(tmp_path, launch, monkeypatch):
     monkeypatch.delenv("OMPI_MCA_mpi_yield_when_idle", raising=False)
     monkeypatch.delenv("HOROVOD_CYCLE_TIME", raising=False)
@@ -27,6 +30,10 @@ def test_a_launch_shows_and_saves_the_settings_it_ran_with(tmp_path, launch, mon
         monkeypatch.setenv("OMPI_MCA_mpi_yield_when_idle", "0")  # the user's: kept, and said so
         proc = mpirun(2, args, cwd=tmp_path, extra=["-x", "OMPI_MCA_mpi_yield_when_idle"])
         expected = {"OMPI_MCA_mpi_yield_when_idle": "0 (environment)"}
+    elif launch == "horovodrun":  # one host: Open MPI's libfabric transport left out too
+        proc = run_job([*LAUNCHERS["mpi"], BIN / "python", *args, "--threads-per-worker", "1"],
+                       tmp_path, check=True)
+        expected = {"OMPI_MCA_mpi_yield_when_idle": "1 (core)", "OMPI_MCA_btl": "^openib,ofi (core)"}
     else:
         proc = horovodrun(2, [*args, "--threads-per-worker", "1"], cwd=tmp_path)
         expected = {"HOROVOD_CYCLE_TIME": "5 (core)"}

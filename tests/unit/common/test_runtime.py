@@ -12,6 +12,7 @@ from common.runtime import (
     cgroup_cpu_quota,
     cpu_cores,
     launched_local_size,
+    launched_world_size,
     runtime_settings,
 )
 
@@ -30,6 +31,23 @@ def test_settings_follow_the_host_and_the_controller():
     assert runtime_settings(local_size=8, cores=8, on_gpu=True, controller="gloo") == {}
 
 
+def test_a_one_host_horovodrun_job_leaves_out_open_mpi_s_libfabric_transport():
+    # horovodrun's own "-mca btl ^openib", every worker on this host: ofi off as well
+    one_host = runtime_settings(local_size=2, cores=2, on_gpu=False, world_size=2, btl="^openib")
+    assert one_host["OMPI_MCA_btl"] == "^openib,ofi"
+    # across hosts ofi may be the fabric's transport; a user's own choice is kept; Gloo has no MPI
+    assert "OMPI_MCA_btl" not in runtime_settings(local_size=2, cores=2, on_gpu=False,
+                                                  world_size=4, btl="^openib")
+    assert "OMPI_MCA_btl" not in runtime_settings(local_size=2, cores=2, on_gpu=False,
+                                                  world_size=2, btl="self,tcp")
+    assert "OMPI_MCA_btl" not in runtime_settings(local_size=2, cores=2, on_gpu=False,
+                                                  controller="gloo", world_size=2, btl="^openib")
+    # horovodrun's value is the launcher's, not the user's: the core's replaces it
+    env = {"OMPI_MCA_btl": "^openib"}
+    assert apply_runtime_settings(one_host, env)["OMPI_MCA_btl"] == "^openib,ofi (core)"
+    assert env["OMPI_MCA_btl"] == "^openib,ofi"
+
+
 def test_a_value_in_the_environment_always_wins():
     env = {"HOROVOD_CYCLE_TIME": "3.5"}
     used = apply_runtime_settings({"HOROVOD_CYCLE_TIME": "10", "OMPI_MCA_mpi_yield_when_idle": "1"}, env)
@@ -42,6 +60,9 @@ def test_local_size_comes_from_the_launcher():
     assert launched_local_size({"HOROVOD_LOCAL_SIZE": "4"}) == 4  # horovodrun
     assert launched_local_size({"OMPI_COMM_WORLD_LOCAL_SIZE": "3"}) == 3  # Open MPI's mpirun
     assert launched_local_size({"MPI_LOCALNRANKS": "2", "HOROVOD_LOCAL_SIZE": "x"}) == 2  # MPICH
+    assert launched_world_size({}) == 1
+    assert launched_world_size({"OMPI_COMM_WORLD_SIZE": "4"}) == 4
+    assert launched_world_size({"PMI_SIZE": "6"}) == 6
 
 
 def _cgroup(tmp_path, proc_line, files):

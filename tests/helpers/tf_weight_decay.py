@@ -1,0 +1,49 @@
+"""Three steps of a TensorFlow training path with --weight-decay, as JSON.
+
+Usage: python tests/helpers/tf_weight_decay.py custom|keras MOMENTUM WEIGHT_DECAY
+
+One process, one Horovod worker, a Dense(3) layer on 8 fixed samples of 4 features and SGD at
+LR 0.1. ``custom``: the custom loop's step (``TFBackend.train_step``: Horovod's tape, then the
+L2 term) with Keras 3 SGD. ``keras``: ``model.fit`` on tf-keras with the core's
+``keras_fit.distributed_optimizer``. Prints the initial and the trained kernel and bias, so that
+a test can replay the steps with ``torch.optim.SGD`` (TensorFlow stays out of the test process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+path, momentum, weight_decay = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+if path == "keras":
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported
+
+import numpy as np  # noqa: E402
+
+from common.config import TrainConfig  # noqa: E402
+from common.data import ImageDataset  # noqa: E402
+from common.tf_backend import TFBackend, init, tf  # noqa: E402
+
+keras = tf.keras
+cfg = TrainConfig.from_flags(batch_size=8, momentum=momentum, weight_decay=weight_decay)
+rt = init(cfg)
+rng = np.random.default_rng(0)
+x = rng.random((8, 4), dtype=np.float32)
+y = rng.integers(0, 3, 8)
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+start = [w.numpy().tolist() for w in model.weights]
+optimizer = keras.optimizers.SGD(0.1, momentum=momentum)
+loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+if path == "keras":
+    from common.keras_fit import distributed_optimizer
+
+    model.compile(optimizer=distributed_optimizer(optimizer, cfg), loss=loss_fn)
+    model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+else:
+    backend = TFBackend(rt, cfg, model, optimizer, loss_fn, ImageDataset(x, y, "fixed"),
+                        ImageDataset(x, y, "fixed"))
+    for _ in range(3):
+        backend.train_step((tf.constant(x), tf.constant(y)))
+print(json.dumps({"x": x.tolist(), "y": y.tolist(), "start": start,
+                  "end": [w.numpy().tolist() for w in model.weights]}))
