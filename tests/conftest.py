@@ -6,11 +6,12 @@ jobs and is marked ``multiprocess``. Helpers to launch jobs live in tests/suppor
 
 ``make test`` runs the suite in two pytest-xdist processes: most job tests spend part of their
 time waiting (process start-up, a launcher's rendezvous, a fault being noticed), which the other
-process fills. A test marked ``serial`` (stall and signal timing, load balance, the
-benchmark smoke runs) runs alone: it waits until the test beside it has ended, and no other
-test starts until it has (a writer-preferring lock shared by the xdist processes); a test
-whose timing matters only while one job runs takes the ``alone`` fixture for that part, and
-runs its reference and rerun jobs beside other tests. Each file
+process fills. A test marked ``serial`` (stall and signal timing, load balance) runs alone: it
+waits until the test beside it has ended, and no other test starts until it has (a
+writer-preferring lock shared by the xdist processes); a test whose timing matters only while
+one job runs takes the ``alone`` fixture for that part, and runs its reference and rerun jobs
+beside other tests. The smoke runs of the benchmarks assert what they measure, never how fast,
+and run beside other tests. Each file
 runs in one process (``--dist loadfile``), so a module's reference run is made once; a session
 reference that several files read is made once for both (tests.support.shared_run).
 """
