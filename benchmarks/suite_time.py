@@ -1,7 +1,8 @@
 """Suite time owns the table of where the test suite's time goes: by file, and by kind of work.
 
 Run the suite with this module as a pytest plugin; it logs every process a test starts
-(its command and wall time) and every test's own wall time::
+(its command and wall time) and every test's own wall time, the CPU time of the jobs it
+started, when it started and in which xdist process::
 
     SUITE_TIME_LOG=runs/suite-time.jsonl python -m pytest -p benchmarks.suite_time
     python -m benchmarks.suite_time runs/suite-time.jsonl [--costs COSTS.json]
@@ -21,6 +22,7 @@ import collections
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -65,14 +67,26 @@ def pytest_configure(config):
     popen.__init__, popen.wait = timed_init, timed_wait
 
 
+def _children_cpu() -> float:
+    """CPU seconds of every process this one has started and reaped (with their own children)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def pytest_runtest_protocol(item, nextitem):
     _current["test"] = item.nodeid
     item._suite_t0 = time.monotonic()
+    item._suite_start = time.time()
+    item._suite_cpu0 = _children_cpu()
 
 
 def pytest_runtest_makereport(item, call):
     if call.when == "teardown" and hasattr(item, "_suite_t0"):
-        _log({"type": "test", "test": item.nodeid, "seconds": time.monotonic() - item._suite_t0})
+        # cpu: the jobs the test started (the test process's own work aside); start and worker:
+        # when and in which xdist process it ran, to see what ran side by side
+        _log({"type": "test", "test": item.nodeid, "seconds": time.monotonic() - item._suite_t0,
+              "cpu": _children_cpu() - item._suite_cpu0, "start": item._suite_start,
+              "worker": os.environ.get("PYTEST_XDIST_WORKER", "")})
 
 
 # --- the summary -------------------------------------------------------------------------------
@@ -108,6 +122,7 @@ def summarize(records: list[dict], costs: dict) -> dict:
     by_file: dict[str, dict] = collections.defaultdict(lambda: collections.Counter())
     for t in tests:
         by_file[t["test"].split("::")[0]]["total"] += t["seconds"]
+        by_file[t["test"].split("::")[0]]["cpu"] += t.get("cpu", 0.0)
         by_file[t["test"].split("::")[0]]["tests"] += 1
     for launch in launches:
         f = launch["test"].split("::")[0]
@@ -152,7 +167,7 @@ def by_kind(records: list[dict], costs: dict) -> list[dict]:
 
 
 def table(summary: dict) -> str:
-    cols = ["tests", "launches", "total", "startup", "rest_of_launch", "outside_launches"]
+    cols = ["tests", "launches", "total", "cpu", "startup", "rest_of_launch", "outside_launches"]
     lines = ["| file | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
     rows = sorted(summary["by_file"].items(), key=lambda kv: -kv[1].get("total", 0))
     for name, row in [*rows, ("all", summary["total"])]:
