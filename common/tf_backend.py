@@ -119,6 +119,8 @@ def with_weight_decay(grads, variables, weight_decay: float, loss_scale=1.0) -> 
 
 
 def refuse_two_weight_decays(optimizer, weight_decay: float) -> None:
+    """ConfigError when ``--weight-decay`` meets an optimizer with a decay of its own (applied
+    twice otherwise); every rank builds the same optimizer, so every rank says it."""
     if weight_decay and getattr(optimizer, "weight_decay", None):
         raise ConfigError("--weight-decay is the core's (L2, as torch's SGD): build the "
                           "optimizer without its own weight_decay")

@@ -12,9 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-import sys
 import time
-import types
 from collections.abc import Callable
 
 import horovod.torch as hvd
@@ -25,6 +23,7 @@ from common.backend import Backend
 from common.checkpoint import CheckpointError, verified, with_checksum
 from common.config import TrainConfig
 from common.metrics import CounterLayout, MetricSums, StepTimes
+from common.output import tensorboard_without_tensorflow
 from common.runtime import (
     Runtime,
     init_horovod,
@@ -317,15 +316,9 @@ class TorchBackend(Backend):
 
 
 def tensorboard_writer(log_dir: str):
-    """torch's ``SummaryWriter`` without TensorFlow. At import it asks TensorBoard for a TF-like
-    API, and TensorBoard answers with TensorFlow itself wherever it is installed: 9 s and about
-    1 GB more on rank 0 of every PyTorch run, the others waiting at the first collective.
-    ``tensorboard.compat.notf`` is TensorBoard's own switch to the stub it ships for that API
-    (local files and S3, all a scalar writer needs); a process that has already imported
-    TensorFlow keeps it."""
-    if "tensorflow" not in sys.modules:
-        sys.modules.setdefault("tensorboard.compat.notf",
-                               types.ModuleType("tensorboard.compat.notf"))
+    """torch's ``SummaryWriter`` without TensorFlow (rank 0 would import it before its first
+    collective, the others waiting: ``common.output.tensorboard_without_tensorflow``)."""
+    tensorboard_without_tensorflow()
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir)

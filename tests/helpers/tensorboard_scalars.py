@@ -3,8 +3,8 @@
 Usage: python tests/helpers/tensorboard_scalars.py LOG_DIR
 
 Run in a process of its own: a test process that has TensorFlow and then imports torchvision
-can crash, and TensorBoard's reader imports TensorFlow wherever it is installed unless
-``tensorboard.compat.notf`` exists (its switch to the stub it ships; 6 s saved). Summaries written as scalars
+can crash; TensorBoard's reader is kept from importing TensorFlow too (6 s saved:
+``common.output.tensorboard_without_tensorflow``). Summaries written as scalars
 (PyTorch's SummaryWriter) and as tensors (tf.summary) both come out as numbers, each under its
 own kind.
 """
@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 
-sys.modules["tensorboard.compat.notf"] = types.ModuleType("tensorboard.compat.notf")
+from common.output import tensorboard_without_tensorflow
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402 - after the switch
+tensorboard_without_tensorflow()  # before TensorBoard loads
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 from tensorboard.util.tensor_util import make_ndarray  # noqa: E402
 
 events = EventAccumulator(sys.argv[1], size_guidance={"tensors": 0, "scalars": 0})
