@@ -7,6 +7,7 @@ launch is bounded by the same hang guard and runs in the same environment. Tests
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import gzip
 import json
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from common.quiet import RAW_OUTPUT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -56,12 +59,15 @@ def horovodrun(np: int, args: list, cwd: Path, hosts: str | None = None,
 def mpirun(np: int, args: list, cwd: Path, check: bool = True,
            extra: list[str] = ()) -> subprocess.CompletedProcess:
     """Launch ``python args...`` on ``np`` processes with Open MPI's mpirun, as the README says."""
+    return run_job(mpirun_command(np, args, extra), cwd, check)
+
+
+def mpirun_command(np: int, args: list, extra: list[str] = ()) -> list[str]:
     exports = ["PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONUNBUFFERED", "OMP_NUM_THREADS"]
     env = job_env()
-    cmd = ["mpirun", *ROOT_FLAG, "-np", str(np), "-bind-to", "none", "-map-by", "slot",
-           *[a for name in exports if name in env for a in ("-x", name)],
-           *extra, str(BIN / "python"), *map(str, args)]
-    return run_job(cmd, cwd, check)
+    return ["mpirun", *ROOT_FLAG, "-np", str(np), "-bind-to", "none", "-map-by", "slot",
+            *[a for name in exports if name in env for a in ("-x", name)],
+            *extra, str(BIN / "python"), *map(str, args)]
 
 
 def python(args: list, cwd: Path, check: bool = True, env: dict | None = None,
@@ -100,6 +106,45 @@ def shared_run(tmp_path_factory, name: str, make) -> Path:
             make(folder)
             (folder / ".done").write_text("")
     return folder
+
+
+# One short run of an MNIST recipe per launcher, made once for the session (the ``launched``
+# fixture): the first screen, the runtime settings and mpirun-against-horovodrun read the same
+# jobs. Run with no user setting of the output or the runtime in the environment.
+SHORT = ["--epochs", "1", "--max-steps", "12", "--batch-size", "16", "--no-progress"]
+LAUNCHED_ENV_UNSET = (RAW_OUTPUT_ENV, "OMPI_MCA_mpi_yield_when_idle", "HOROVOD_CYCLE_TIME")
+
+
+@dataclasses.dataclass
+class Launched:
+    """What a finished job left: its folder (``ckpt/``, ``metrics.jsonl``) and its output."""
+    out: Path
+    stdout: str
+    stderr: str
+
+
+def launch_short(folder: Path, framework: str, launcher: str) -> Launched:
+    """SHORT on 2 workers of the ``framework`` MNIST recipe, launched by ``launcher``:
+    "horovodrun" (MPI, the README's default, with ``--threads-per-worker 1``), "gloo"
+    (horovodrun --gloo) or "mpirun"; its output is kept in the folder."""
+    script = {"pytorch": MNIST, "tensorflow": TF_MNIST}[framework]
+    args = [script, *SHORT, "--checkpoint-dir", folder / "ckpt", "--metrics-file",
+            folder / "metrics.jsonl"]
+    cmd = {"horovodrun": [*LAUNCHERS["mpi"], BIN / "python", *args, "--threads-per-worker", "1"],
+           "gloo": [*LAUNCHERS["gloo"], BIN / "python", *args],
+           "mpirun": mpirun_command(2, args)}[launcher]
+    env = job_env()
+    for name in LAUNCHED_ENV_UNSET:
+        env.pop(name, None)
+    proc = run_job(cmd, folder, check=True, env=env)
+    (folder / "stdout.txt").write_text(proc.stdout)
+    (folder / "stderr.txt").write_text(proc.stderr)
+    return read_launched(folder)
+
+
+def read_launched(folder: Path) -> Launched:
+    return Launched(folder, (folder / "stdout.txt").read_text(),
+                    (folder / "stderr.txt").read_text())
 
 
 def copy_run(src: Path, dst: Path) -> Path:

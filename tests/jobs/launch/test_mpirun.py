@@ -12,7 +12,7 @@ from tests.support import (
     BIN,
     MNIST,
     ROOT,
-    TF_MNIST,
+    SHORT,
     final_record,
     horovodrun,
     job_env,
@@ -21,26 +21,24 @@ from tests.support import (
     mpirun,
 )
 
-SHORT = ["--epochs", "1", "--max-steps", "12", "--batch-size", "16", "--no-progress"]
-
 
 def outputs(tmp, name):
     out = tmp / name
     return out, ["--checkpoint-dir", out / "ckpt", "--metrics-file", out / "metrics.jsonl"]
 
 
-@pytest.mark.parametrize("recipe", [MNIST, TF_MNIST], ids=["pytorch", "tensorflow"])
-def test_mpirun_runs_a_recipe_as_horovodrun_does(tmp_path, recipe):
-    by_mpi, flags_mpi = outputs(tmp_path, "mpirun")
-    by_gloo, flags_gloo = outputs(tmp_path, "horovodrun")
-    proc = mpirun(2, [recipe, *SHORT, *flags_mpi], cwd=tmp_path)
-    horovodrun(2, [recipe, *SHORT, *flags_gloo], cwd=tmp_path)
-    mpi, gloo = final_record(by_mpi / "metrics.jsonl"), final_record(by_gloo / "metrics.jsonl")
-    assert mpi["world_size"] == gloo["world_size"] == 2
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow"])
+def test_mpirun_runs_a_recipe_as_horovodrun_does(framework, launched):
+    """The session's short runs (tests/jobs/conftest.py, launched) by mpirun and horovodrun
+    --gloo: the same numbers."""
+    by_mpi, by_gloo = launched(framework, "mpirun"), launched(framework, "gloo")
+    mpi = final_record(by_mpi.out / "metrics.jsonl")
+    gloo = final_record(by_gloo.out / "metrics.jsonl")
+    assert mpi["world_size"] == gloo["world_size"] == 2 and mpi["step"] == gloo["step"] == 12
     # Same data, seeds and steps; a 2-way average is exact either way, so the runs agree.
     for key in ("train_loss", "val_loss", "val_accuracy"):
         assert mpi[key] == pytest.approx(gloo[key], abs=1e-6), key
-    assert proc.stdout.count("final: val accuracy") == 1  # rank 0 alone reports
+    assert by_mpi.stdout.count("final: val accuracy") == 1  # rank 0 alone reports
 
 
 def test_mpi_groups_are_independent_one_worker_trainings(tmp_path):

@@ -45,29 +45,33 @@ def test_custom_loop_two_workers_equal_one_worker_with_double_batch(tmp_path):
     assert max_array_diff(wh[:n_model], w1[:n_model]) > 1e-3  # the check can fail
 
 
-RESUME = ["--warmup-epochs", "1", "--lr-decay", "step", "--decay-epochs", "3", "--momentum", "0.9"]
+# Warmup over a fractional 1.5 epochs, a step decay, momentum and 2 batches per allreduce of 16
+# (22 steps of 2 x 2 x 16 samples an epoch): what the resume tests carry over a restart, and
+# the LR every framework must see at each step.
+RESUME = ["--warmup-epochs", "1.5", "--lr-decay", "step", "--decay-epochs", "3", "--base-lr",
+          "0.02", "--batches-per-allreduce", "2", "--batch-size", "16", "--momentum", "0.9"]
 
 
 @pytest.fixture(scope="module")
-def two_epochs(tmp_path_factory):
-    """``two_epochs(recipe)``: RESUME for 2 epochs on 2 workers, start to end, run once per
-    recipe; read by one test, resumed (a copy) by another."""
-    runs: dict[str, Path] = {}
+def trained(tmp_path_factory):
+    """``trained(script, epochs)``: RESUME for ``epochs`` on 2 workers, start to end, run once
+    per script and length; read by several tests, resumed (a copy) by another."""
+    runs: dict[tuple[Path, int], Path] = {}
 
-    def get(recipe: str) -> Path:
-        if recipe not in runs:
-            runs[recipe], _ = run_recipe(horovodrun, 2, TF / recipe,
-                                         tmp_path_factory.mktemp("two") / "run", *RESUME,
-                                         "--epochs", "2")
-        return runs[recipe]
+    def get(script: Path, epochs: int) -> Path:
+        if (script, epochs) not in runs:
+            runs[script, epochs], _ = run_recipe(horovodrun, 2, script,
+                                                 tmp_path_factory.mktemp("run") / "run", *RESUME,
+                                                 "--epochs", str(epochs))
+        return runs[script, epochs]
 
     return get
 
 
 @pytest.mark.parametrize("recipe", ["mnist.py", "keras_mnist.py"])
-def test_resume_matches_uninterrupted_run(tmp_path, recipe, two_epochs):
-    full, _ = run_recipe(horovodrun, 2, TF / recipe, tmp_path / "full", *RESUME, "--epochs", "4")
-    part = copy_run(two_epochs(recipe), tmp_path / "part")  # stopped after 2 epochs
+def test_resume_matches_uninterrupted_run(tmp_path, recipe, trained):
+    full = trained(TF / recipe, 4)
+    part = copy_run(trained(TF / recipe, 2), tmp_path / "part")  # stopped after 2 epochs
     assert tf_weights(part / "metrics.jsonl")[1]["epoch"] == 2
     _, proc = run_recipe(horovodrun, 2, TF / recipe, tmp_path / "part", *RESUME, "--epochs", "4")
     (a, ha), (b, hb) = tf_weights(full / "metrics.jsonl"), tf_weights(part / "metrics.jsonl")
@@ -80,15 +84,15 @@ def test_resume_matches_uninterrupted_run(tmp_path, recipe, two_epochs):
     assert final_part["world_size"] == 2
 
 
-def test_custom_loop_resumes_mid_epoch_with_exact_metric_sums(tmp_path, two_epochs):
+def test_custom_loop_resumes_mid_epoch_with_exact_metric_sums(tmp_path, trained):
     """The TF checkpoint holds every rank's RNG state and partial-epoch counters, as PyTorch's."""
-    full = two_epochs("mnist.py")
+    full = trained(TF_MNIST, 2)
     part, _ = run_recipe(horovodrun, 2, TF_MNIST, tmp_path / "part", *RESUME, "--epochs", "2",
                   "--max-steps", "30")  # 22 steps per epoch: stopped 8 steps into epoch 2
     _, stopped = tf_weights(part / "metrics.jsonl")
     assert (stopped["epoch"], stopped["step"]) == (1, 30)
     assert len(stopped["rng"]) == 2 and len(stopped["epoch_sums"]) == 2
-    assert all(sums[1] == 8 * 32 for sums in stopped["epoch_sums"])  # 8 steps x 32 samples
+    assert all(sums[1] == 8 * 32 for sums in stopped["epoch_sums"])  # 8 steps x 2 x 16 samples
     _, proc = run_recipe(horovodrun, 2, TF_MNIST, tmp_path / "part", *RESUME, "--epochs", "2")
     assert "(epoch 1, step 30)" in proc.stdout
     (a, ha), (b, hb) = tf_weights(full / "metrics.jsonl"), tf_weights(part / "metrics.jsonl")
@@ -101,15 +105,13 @@ def test_custom_loop_resumes_mid_epoch_with_exact_metric_sums(tmp_path, two_epoc
     assert last["train_accuracy"] == full_last["train_accuracy"]
 
 
-def test_pytorch_and_tensorflow_see_the_same_lr(tmp_path):
-    flags = ["--epochs", "4", "--warmup-epochs", "1.5", "--lr-decay", "step", "--decay-epochs",
-             "3", "--base-lr", "0.02", "--batches-per-allreduce", "2", "--batch-size", "16"]
-    pt, _ = run_recipe(horovodrun, 2, MNIST, tmp_path / "pt", *flags)
-    tf, _ = run_recipe(horovodrun, 2, TF_MNIST, tmp_path / "tf", *flags)
-    keras, _ = run_recipe(horovodrun, 2, KERAS_MNIST, tmp_path / "keras", *flags)
+def test_pytorch_and_tensorflow_see_the_same_lr(trained):
+    """RESUME's 4-epoch runs of the three MNIST recipes (the TensorFlow ones are the resume
+    test's uninterrupted runs): the same LR at every epoch's end."""
     lrs = {}
-    for name, out in (("pt", pt), ("tf", tf), ("keras", keras)):
-        recs = [r for r in read_records(out / "metrics.jsonl") if r["type"] == "epoch"]
+    for name, script in (("pt", MNIST), ("tf", TF_MNIST), ("keras", KERAS_MNIST)):
+        recs = [r for r in read_records(trained(script, 4) / "metrics.jsonl")
+                if r["type"] == "epoch"]
         lrs[name] = [(r["step"], r["lr"]) for r in recs]
     assert lrs["pt"] == lrs["tf"]
     assert [s for s, _ in lrs["keras"]] == [s for s, _ in lrs["pt"]]
