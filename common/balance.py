@@ -34,7 +34,9 @@ STRAGGLER_SPREAD = 1.25
 PAUSE_TRIM = 0.1
 
 # Test hook: "RANK:SECONDS" sleeps that long in RANK's data loading before every batch, to make
-# a straggler on purpose (tests/jobs/monitoring/test_balance.py). Unset in real runs.
+# a straggler on purpose (tests/jobs/monitoring/test_balance.py); "*:SECONDS" slows every rank
+# alike, to stretch a run's time without its work (tests/jobs/docker_slurm/test_sbatch.py).
+# Unset in real runs.
 SLOW_DATA_ENV = "HOROVOD_RECIPES_TEST_SLOW_DATA"
 
 
@@ -101,7 +103,7 @@ def _test_delay(rank: int) -> float:
     if not spec:
         return 0.0
     who, _, seconds = spec.partition(":")
-    return float(seconds) if who.isdigit() and int(who) == rank else 0.0
+    return float(seconds) if who == "*" or (who.isdigit() and int(who) == rank) else 0.0
 
 
 def rank_times(times: EpochTimes, trim: float = PAUSE_TRIM) -> tuple:

@@ -49,6 +49,11 @@ def test_epoch_times_split_data_waits_from_steps(monkeypatch):
     other = EpochTimes()
     list(other.batches(range(5), rank=0))  # the hook slows only the rank it names
     assert other.data_s < 0.01
+    monkeypatch.setenv(SLOW_DATA_ENV, "*:0.01")  # or every rank
+    for rank in (0, 3):
+        every = EpochTimes()
+        out = [every.timed_step(lambda b: b, b) for b in every.batches(range(5), rank=rank)]
+        assert out == list(range(5)) and every.data_s >= 0.05
     host, steps, data, compute, comm = rank_times(times)
     assert steps == 5 and data == pytest.approx(times.data_s) and comm == 2.5
     assert compute == 0.0  # the clock claimed more than the step took: never negative
