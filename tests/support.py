@@ -347,6 +347,9 @@ class Faulty:
 # finished its last steps before the workers' next check of the launcher (CI, 2026-12-02).
 FAULT_FLAGS = ["--epochs", "4", "--batch-size", "8", "--checkpoint-steps", "30", "--no-progress",
                "--stall-timeout", "8"]
+# The PyTorch stopped-rank jobs: a stall timeout of 4 s. They run alone, where a step takes
+# milliseconds (no tracing), and the rank they stop never answers again.
+STALL_FLAGS = [*FAULT_FLAGS[:-1], "4"]
 
 
 def rerun_matches(run: Path, reference: dict, cwd: Path, flags: list) -> subprocess.CompletedProcess:
