@@ -378,10 +378,15 @@ def run_elastic_and_kill_one(script: Path, tmp_path: Path, epochs: int = ELASTIC
     discover.write_text("#!/bin/sh\necho localhost:2\necho 127.0.0.1:1\n")
     discover.chmod(0o755)
     metrics = tmp_path / "metrics.jsonl"
+    # One thread per worker: the core gives the 127.0.0.1 "host"'s lone worker both cores (its
+    # local size is 1), which on this one machine oversubscribes them 2x. Gloo's timeout is
+    # how long the survivor that is not the killed worker's neighbour waits for its ring
+    # before the reset (30 s by default, spinning in Horovod's wait).
     cmd = [str(BIN / "horovodrun"), "-np", "3", "--min-np", "2", "--max-np", "3",
-           "--host-discovery-script", str(discover), str(BIN / "python"), str(script),
-           "--epochs", str(epochs), "--batch-size", "8", "--commit-steps", "5",
-           "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-file", str(metrics)]
+           "--gloo-timeout-seconds", "15", "--host-discovery-script", str(discover),
+           str(BIN / "python"), str(script), "--epochs", str(epochs), "--batch-size", "8",
+           "--commit-steps", "5", "--threads-per-worker", "1", "--checkpoint-dir",
+           str(tmp_path / "ckpt"), "--metrics-file", str(metrics)]
     job = subprocess.Popen(cmd, cwd=tmp_path, env=job_env(), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
