@@ -345,11 +345,11 @@ class Faulty:
 # hits after the first, a checkpoint every 30 steps, a stall timeout short enough to wait for and
 # long enough to be unambiguous. With one epoch to go, a job whose launcher was killed sometimes
 # finished its last steps before the workers' next check of the launcher (CI, 2026-12-02).
-FAULT_FLAGS = ["--epochs", "4", "--batch-size", "8", "--checkpoint-steps", "30", "--no-progress",
-               "--stall-timeout", "8"]
+_FAULT_RUN = ["--epochs", "4", "--batch-size", "8", "--checkpoint-steps", "30", "--no-progress"]
+FAULT_FLAGS = [*_FAULT_RUN, "--stall-timeout", "8"]
 # The PyTorch stopped-rank jobs: a stall timeout of 4 s. They run alone, where a step takes
 # milliseconds (no tracing), and the rank they stop never answers again.
-STALL_FLAGS = [*FAULT_FLAGS[:-1], "4"]
+STALL_FLAGS = [*_FAULT_RUN, "--stall-timeout", "4"]
 
 
 def rerun_matches(run: Path, reference: dict, cwd: Path, flags: list) -> subprocess.CompletedProcess:

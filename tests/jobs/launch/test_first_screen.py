@@ -4,16 +4,14 @@ everything."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from common.quiet import RAW_OUTPUT_ENV, is_noise
 from tests.support import (
     BIN,
-    HANG_GUARD_S,
     TF_MNIST,
     job_env,
+    run_job,
 )
 
 FLAGS = ["--epochs", "1", "--max-steps", "3", "--checkpoint-dir", "", "--no-progress"]
@@ -25,10 +23,7 @@ def launch_alone(tmp_path, raw: bool = False, launcher: list[str] = ()) -> str:
     env.pop(RAW_OUTPUT_ENV, None)
     if raw:
         env[RAW_OUTPUT_ENV] = "1"
-    proc = subprocess.run([*launcher, str(BIN / "python"), str(TF_MNIST), *FLAGS],
-                          cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=HANG_GUARD_S)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_job([*launcher, BIN / "python", TF_MNIST, *FLAGS], tmp_path, check=True, env=env)
     return proc.stdout + proc.stderr
 
 
