@@ -35,7 +35,7 @@ check-build: setup
 
 # What this machine's Horovod, MPI and GPUs can do, with a fix for each problem.
 doctor: setup
-	python -m common.doctor
+	python -m common.launch.doctor
 
 # Every launch side by side with its ceiling and a torch DDP baseline (about 15 minutes; not
 # part of `make test`). Flags: make bench BENCH_ARGS="--np 2 --rounds 3".

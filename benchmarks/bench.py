@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.runtime import cpu_cores
+from common.world.runtime import cpu_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = str(work / "cifar")
         rows = [r for r in build_rows(a, data_dir) if not a.only or r.group in a.only]
         if any(r.group == "cifar" for r in rows):
-            from common.data import write_cifar10
+            from common.data.datasets import write_cifar10
 
             write_cifar10(data_dir, per_batch, 1000)
         print(f"bench: {len(rows)} runs x {a.rounds} round(s), N={a.np}, {a.threads} thread(s) "

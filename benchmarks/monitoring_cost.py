@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks.bench import BIN, ROOT, last_line, launch_env, mpirun_command, run_side_by_side
-from common.runtime import cpu_cores
+from common.world.runtime import cpu_cores
 
 
 def variants(a: argparse.Namespace, work: Path) -> dict[str, tuple[Path, list[str]]]:

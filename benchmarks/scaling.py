@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from benchmarks.bench import BIN, last_line, launch_env, mpirun_command, run_side_by_side
-from common.runtime import cpu_cores
+from common.world.runtime import cpu_cores
 
 LAUNCHERS = ("horovodrun", "gloo", "mpirun")
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.bench import BIN, last_line, launch_env, mpirun_command, run_side_by_side
-from common.runtime import cpu_cores
+from common.world.runtime import cpu_cores
 
 GLOBAL_BATCH = 48
 
@@ -76,7 +76,7 @@ def analytic_bytes(s: Strategy, n: int) -> str:
     """The traffic per step a textbook gives for the strategy on ResNet-18, in MB per rank."""
     import torch
 
-    from common.pipeline import partition
+    from common.strategies.pipeline import partition
     from recipes.pytorch.models import resnet18
 
     model = resnet18(3)

@@ -200,8 +200,8 @@ def measure_costs() -> dict:
     out["horovodrun_gloo"] = best([hr, "-np", "1", "-H", "localhost:1", "--gloo", py, "-c",
                                    "pass"]) - base
     out["horovodrun_mpi"] = best([hr, "-np", "1", "-H", "localhost:1", py, "-c", "pass"]) - base
-    # Horovod's launcher as it is (HOROVOD_RECIPES_RAW_OUTPUT=1: no common.quiet, so its build
-    # checks import TensorFlow in a forked process at every launch, as before common.build_checks)
+    # Horovod's launcher as it is (HOROVOD_RECIPES_RAW_OUTPUT=1: no common.world.quiet, so its build
+    # checks import TensorFlow in a forked process at every launch, as before common.world.build_checks)
     for name, flags in (("horovodrun_gloo_unremembered", ["--gloo"]),
                         ("horovodrun_mpi_unremembered", [])):
         out[name] = best([hr, "-np", "1", "-H", "localhost:1", *flags, py, "-c", "pass"],

@@ -1,7 +1,7 @@
 """TF baseline owns the plain TensorFlow loop `make bench` takes as the TensorFlow ceiling.
 
 A single-process tf.function training step (GradientTape, SGD) on one random batch, with the
-model, threads and timing (``common.benchmark.measure``) of
+model, threads and timing (``common.monitor.benchmark.measure``) of
 ``recipes/tensorflow/synthetic_benchmark.py``; N of them side by side are the ceiling that the
 recipe at ``-np N`` is measured against.
 """
@@ -12,11 +12,11 @@ import argparse
 
 import numpy as np
 
-from common import benchmark
-from common.config import OutputConfig
-from common.output import Reporter
-from common.runtime import threads_per_worker
-from common.tf_backend import tf
+from common.config.core import OutputConfig
+from common.frameworks.tf_backend import tf
+from common.monitor import benchmark
+from common.monitor.output import Reporter
+from common.world.runtime import threads_per_worker
 from recipes.tensorflow.synthetic_benchmark import build_model
 
 

@@ -6,7 +6,7 @@ ceiling, and on a GPU it is what the recipe's single-GPU throughput is compared 
 ``torchrun --nproc_per_node N`` it is the same loop with the model in
 ``DistributedDataParallel`` over ``torch.distributed``'s gloo backend: the native tool a user
 would otherwise pick. The model, the random batch, the SGD step and the timing
-(``common.benchmark.measure``: warm-up batches, then timed iterations, img/s summed over
+(``common.monitor.benchmark.measure``: warm-up batches, then timed iterations, img/s summed over
 workers) are those of ``recipes/pytorch/synthetic_benchmark.py``.
 """
 
@@ -20,10 +20,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from common import benchmark
-from common.config import OutputConfig
-from common.output import Reporter
-from common.runtime import threads_per_worker
+from common.config.core import OutputConfig
+from common.monitor import benchmark
+from common.monitor.output import Reporter
+from common.world.runtime import threads_per_worker
 from recipes.pytorch.imagenet_resnet50 import build_model
 
 

@@ -8,7 +8,7 @@
 #      bundle (PIP_CERT) so that pip inside the build reaches PyPI;
 #   3. builds docker/Dockerfile.cpu unchanged (build arguments only: torch from PyPI when
 #      PyTorch's CPU wheel index cannot be reached, and it says so);
-#   4. runs the image's default command (the demo training, 2 workers) and `common.doctor`;
+#   4. runs the image's default command (the demo training, 2 workers) and `common.launch.doctor`;
 #   5. runs docker/compose.yaml's cluster: horovodrun across the containers over ssh (compose's
 #      own command, the PyTorch recipe), mpirun across them (the TensorFlow recipe), and under
 #      each launcher a run whose worker container is killed mid-run: the job must end (no hang)
@@ -111,7 +111,7 @@ demo() {
   out="$(docker run --rm "$IMAGE" 2>&1 | ours)"
   echo "$out" | show "^(runtime settings|final):"
   grep -q "^final: val accuracy .* on 2 worker(s)" <<<"$out" || fail "the demo printed no final line"
-  out="$(docker run --rm "$IMAGE" python -m common.doctor 2>&1)" || { echo "$out"; fail "common.doctor inside the image"; }
+  out="$(docker run --rm "$IMAGE" python -m common.launch.doctor 2>&1)" || { echo "$out"; fail "common.launch.doctor inside the image"; }
   echo "$out" | ours | show "."
   say "demo and doctor: ok"
 }

@@ -327,7 +327,7 @@ check_build() {
   [[ " ${FRAMEWORKS[*]} " == *" TensorFlow "* ]] && imports+=(horovod.tensorflow)
   [ "$WITH_MPI" = 1 ] && imports+=(mpi4py.MPI)
   local out need
-  out="$(PATH="$VENV/bin:$PATH" "$VENV/bin/python" -m common.build_checks "${imports[@]}" 2>&1)" \
+  out="$(PATH="$VENV/bin:$PATH" "$VENV/bin/python" -m common.world.build_checks "${imports[@]}" 2>&1)" \
     || { echo "$out"; return 1; }
   echo "$out"
   for need in "${FRAMEWORKS[@]}" "${NEEDED[@]}"; do
@@ -335,7 +335,7 @@ check_build() {
   done
   # The doctor's errors are setup failures: above all, mpi4py loading another libmpi than the one
   # Horovod is linked against (hvd.init(comm=...) would mix two MPIs).
-  PATH="$VENV/bin:$PATH" "$VENV/bin/python" -m common.doctor
+  PATH="$VENV/bin:$PATH" "$VENV/bin/python" -m common.launch.doctor
 }
 
 stamp_value() {

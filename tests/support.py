@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.quiet import RAW_OUTPUT_ENV
+from common.world.quiet import RAW_OUTPUT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -216,7 +216,7 @@ def max_array_diff(a: list, b: list) -> float:
 def checkpoint_steps(folder: Path, load: bool = True) -> list[int]:
     """Steps of the checkpoints in ``folder``; ``load``: each is loaded and verified (only when
     no job writes there: a running job's rotation deletes files)."""
-    from common.checkpoint import verified
+    from common.base.files import verified
 
     steps = []
     for path in sorted(Path(folder).glob("ckpt-*")):
@@ -491,7 +491,7 @@ def write_mnist(directory: Path, n_train=12, n_val=5, gz=False, size=28) -> dict
 
 def write_cifar(directory: Path) -> None:
     """Five tiny CIFAR-10 "python version" training batches of 8 and a test batch of 10."""
-    from common.data import write_cifar10
+    from common.data.datasets import write_cifar10
 
     write_cifar10(str(directory), per_batch=8, n_test=10)
 

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
-from common.config import ConfigError, core_parser, parse_config
-from common.data import load_cifar10
-from common.failure import run_main
-from common.torch_backend import TorchBackend, distributed_optimizer, init
-from common.torch_data import SeededTransform
-from common.trainer import fit
+from common.config.core import ConfigError, core_parser, parse_config
+from common.data.datasets import load_cifar10
+from common.faults.ending import run_main
+from common.frameworks.torch_backend import TorchBackend, distributed_optimizer, init
+from common.frameworks.torch_data import SeededTransform
+from common.loop.trainer import fit
 from recipes.shared import run_dirs
 
 RECIPE = "pytorch/cifar10_resnet"

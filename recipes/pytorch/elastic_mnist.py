@@ -14,10 +14,11 @@ checkpoints, so a job stopped whole resumes from them.
 
 from __future__ import annotations
 
-from common.config import parse_config
-from common.failure import run_main
-from common.torch_backend import init
-from common.trainer import ElasticConfig, fit
+from common.config.core import parse_config
+from common.config.strategies import ElasticConfig
+from common.faults.ending import run_main
+from common.frameworks.torch_backend import init
+from common.loop.trainer import fit
 from recipes.pytorch.mnist import build
 from recipes.shared import mnist_parser
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from common.config import parse_config
-from common.failure import run_main
-from common.pipeline import PipelineBackend, PipelineConfig, init_pipeline
-from common.trainer import fit
+from common.config.core import parse_config
+from common.config.strategies import PipelineConfig
+from common.faults.ending import run_main
+from common.loop.trainer import fit
+from common.strategies.pipeline import PipelineBackend, init_pipeline
 from recipes.pytorch import models
 from recipes.shared import mnist_parser
 

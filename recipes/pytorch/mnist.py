@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.config import parse_config
-from common.data import load_mnist_or_digits
-from common.failure import run_main
-from common.torch_backend import TorchBackend, distributed_optimizer, init
-from common.trainer import fit
+from common.config.core import parse_config
+from common.data.datasets import load_mnist_or_digits
+from common.faults.ending import run_main
+from common.frameworks.torch_backend import TorchBackend, distributed_optimizer, init
+from common.loop.trainer import fit
 from recipes.shared import mnist_parser
 
 RECIPE = "pytorch/mnist"

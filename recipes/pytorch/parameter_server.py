@@ -19,10 +19,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from common.config import parse_config
-from common.failure import run_main
-from common.param_server import ParameterServerBackend, ServerConfig, init_param_server
-from common.trainer import fit
+from common.config.core import parse_config
+from common.config.strategies import ServerConfig
+from common.faults.ending import run_main
+from common.loop.trainer import fit
+from common.strategies.param_server import ParameterServerBackend, init_param_server
 from recipes.pytorch import models
 from recipes.shared import mnist_parser
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from common import benchmark
-from common.config import core_parser, parse_config
-from common.failure import run_main
-from common.output import Reporter
-from common.torch_backend import TorchBackend, distributed_optimizer, init
+from common.config.core import core_parser, parse_config
+from common.faults.ending import run_main
+from common.frameworks.torch_backend import TorchBackend, distributed_optimizer, init
+from common.monitor import benchmark
+from common.monitor.output import Reporter
 from recipes.pytorch.imagenet_resnet50 import build_model
 
 RECIPE = "pytorch/synthetic_benchmark"

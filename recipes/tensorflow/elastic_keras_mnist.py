@@ -17,11 +17,11 @@ import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported
 
-from common.config import ConfigError, parse_config  # noqa: E402
-from common.failure import run_main  # noqa: E402
-from common.keras_fit import fit  # noqa: E402
-from common.tf_backend import init  # noqa: E402
-from common.trainer import ElasticConfig  # noqa: E402
+from common.config.core import ConfigError, parse_config  # noqa: E402
+from common.config.strategies import ElasticConfig  # noqa: E402
+from common.faults.ending import run_main  # noqa: E402
+from common.frameworks.tf_backend import init  # noqa: E402
+from common.loop.keras_fit import fit  # noqa: E402
 from recipes.shared import mnist_parser  # noqa: E402
 from recipes.tensorflow.keras_mnist import build  # noqa: E402
 

@@ -15,11 +15,11 @@ import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported
 
-from common.config import parse_config  # noqa: E402
-from common.data import load_mnist_or_digits  # noqa: E402
-from common.failure import run_main  # noqa: E402
-from common.keras_fit import distributed_optimizer, fit  # noqa: E402
-from common.tf_backend import TFBackend, init, tf  # noqa: E402
+from common.config.core import parse_config  # noqa: E402
+from common.data.datasets import load_mnist_or_digits  # noqa: E402
+from common.faults.ending import run_main  # noqa: E402
+from common.frameworks.tf_backend import TFBackend, init, tf  # noqa: E402
+from common.loop.keras_fit import distributed_optimizer, fit  # noqa: E402
 from recipes.shared import mnist_parser  # noqa: E402
 from recipes.tensorflow.mnist import build_model  # noqa: E402
 

@@ -12,11 +12,11 @@ optimizer is built, before the first step.
 
 from __future__ import annotations
 
-from common.config import parse_config
-from common.data import load_mnist_or_digits
-from common.failure import run_main
-from common.tf_backend import TFBackend, init, tf
-from common.trainer import fit
+from common.config.core import parse_config
+from common.data.datasets import load_mnist_or_digits
+from common.faults.ending import run_main
+from common.frameworks.tf_backend import TFBackend, init, tf
+from common.loop.trainer import fit
 from recipes.shared import mnist_parser
 
 RECIPE = "tensorflow/mnist"

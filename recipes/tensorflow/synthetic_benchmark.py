@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from common import benchmark
-from common.config import ConfigError, core_parser, parse_config
-from common.data import ImageDataset
-from common.failure import run_main
-from common.output import Reporter
-from common.tf_backend import TFBackend, init, tf
+from common.config.core import ConfigError, core_parser, parse_config
+from common.data.datasets import ImageDataset
+from common.faults.ending import run_main
+from common.frameworks.tf_backend import TFBackend, init, tf
+from common.monitor import benchmark
+from common.monitor.output import Reporter
 
 RECIPE = "tensorflow/synthetic_benchmark"
 

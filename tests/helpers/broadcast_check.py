@@ -6,9 +6,9 @@ import sys
 import horovod.torch as hvd
 import torch
 
-from common.config import TrainConfig
-from common.failure import run_main
-from common.torch_backend import broadcast_state, distributed_optimizer, init
+from common.config.core import TrainConfig
+from common.faults.ending import run_main
+from common.frameworks.torch_backend import broadcast_state, distributed_optimizer, init
 from recipes.pytorch.mnist import Net
 
 

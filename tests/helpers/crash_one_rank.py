@@ -4,9 +4,9 @@ import time
 
 import numpy as np
 
-from common.config import TrainConfig
-from common.failure import run_main
-from common.torch_backend import allreduce_sum, init
+from common.config.core import TrainConfig
+from common.faults.ending import run_main
+from common.frameworks.torch_backend import allreduce_sum, init
 
 
 def main():

@@ -5,10 +5,10 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from common.checkpoint import CheckpointManager
-from common.config import TrainConfig
-from common.failure import run_main
-from common.torch_backend import TorchBackend, init
+from common.checkpoint.manager import CheckpointManager
+from common.config.core import TrainConfig
+from common.faults.ending import run_main
+from common.frameworks.torch_backend import TorchBackend, init
 from recipes.pytorch.mnist import RECIPE
 
 

@@ -20,7 +20,7 @@ rc=$?
 tar czf "$out/setup-logs.tgz" .setup-logs
 [ $rc = 0 ] || exit $rc
 export PATH="$VENV/bin:$PATH" PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
-python -m common.doctor | tee "$out/doctor.txt"
+python -m common.launch.doctor | tee "$out/doctor.txt"
 python -m pytest -v -ra -p no:cacheprovider tests/jobs/gpu/test_nccl.py tests/jobs/recipes/test_pytorch.py::test_amp_on_gpu_trains \
   >"$out/pytest.txt" 2>&1
 tail -n 5 "$out/pytest.txt"

@@ -37,7 +37,7 @@ def count(name: str) -> None:
 
 
 def watch_agreements() -> None:
-    from common.preemption import SignalWatch
+    from common.faults.preemption import SignalWatch
 
     agreed = SignalWatch.agreed
 
@@ -71,7 +71,7 @@ def watch_steps(backend_class, read=None) -> None:
 def run_torch(steps: int, sync: bool) -> None:
     from torch.overrides import TorchFunctionMode
 
-    from common.torch_backend import TorchBackend
+    from common.frameworks.torch_backend import TorchBackend
     from recipes.pytorch import mnist
 
     names = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__",
@@ -96,7 +96,7 @@ def run_tf(steps: int, sync: bool, keras: bool = False) -> None:
         os.environ["TF_USE_LEGACY_KERAS"] = "1"  # as recipes/tensorflow/keras_mnist.py runs
     from tensorflow.python.framework import ops
 
-    from common.tf_backend import TFBackend
+    from common.frameworks.tf_backend import TFBackend
 
     if keras:
         from recipes.tensorflow import keras_mnist as mnist
@@ -120,7 +120,7 @@ def run_tf(steps: int, sync: bool, keras: bool = False) -> None:
 def watch_keras_batches(recipe, sync: int) -> None:
     """Count reads made inside ``model.fit``'s batches (between the callback's batch begin and
     end, Keras's own work included); ``sync``: read the batch's loss in each."""
-    from common import keras_fit
+    from common.loop import keras_fit
 
     callback = keras_fit.TrainerCallback
     begin, end = callback.on_train_batch_begin, callback.on_train_batch_end

@@ -9,7 +9,7 @@ import runpy
 import sys
 import time
 
-from common.failure import env_rank
+from common.base.errors import env_rank
 
 if env_rank() == "1":
     time.sleep(float(sys.argv[1]))

@@ -13,8 +13,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from common.failure import run_main  # noqa: E402
-from common.param_server import ParameterServerBackend  # noqa: E402
+from common.faults.ending import run_main  # noqa: E402
+from common.strategies.param_server import ParameterServerBackend  # noqa: E402
 from recipes.pytorch import parameter_server  # noqa: E402
 
 SLOW_RANK, DELAY = int(sys.argv[1]), float(sys.argv[2])

@@ -4,7 +4,7 @@ Usage: python tests/helpers/tensorboard_scalars.py LOG_DIR
 
 Run in a process of its own: a test process that has TensorFlow and then imports torchvision
 can crash; TensorBoard's reader is kept from importing TensorFlow too (6 s saved:
-``common.output.tensorboard_without_tensorflow``). Summaries written as scalars
+``common.monitor.output.tensorboard_without_tensorflow``). Summaries written as scalars
 (PyTorch's SummaryWriter) and as tensors (tf.summary) both come out as numbers, each under its
 own kind.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 
-from common.output import tensorboard_without_tensorflow
+from common.monitor.output import tensorboard_without_tensorflow
 
 tensorboard_without_tensorflow()  # before TensorBoard loads
 

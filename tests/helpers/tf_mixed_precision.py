@@ -2,7 +2,7 @@
 
 Usage: python tests/helpers/tf_mixed_precision.py {mixed_bfloat16|mixed_float16} STEPS
 
-``--amp`` picks the policy only on a GPU (common.tf_backend.mixed_precision_policy); this runs
+``--amp`` picks the policy only on a GPU (common.frameworks.tf_backend.mixed_precision_policy); this runs
 the core's train step under the policy it would pick, on whatever device there is, and prints
 JSON: the optimizer's class, the weights' dtypes, the layers' compute dtype and each step's loss.
 """
@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import sys
 
-from common.config import TrainConfig
-from common.data import load_digits_split
-from common.metrics import MetricSums
-from common.tf_backend import TFBackend, init, tf
+from common.config.core import TrainConfig
+from common.data.datasets import load_digits_split
+from common.frameworks.tf_backend import TFBackend, init, tf
+from common.monitor.metrics import MetricSums
 from recipes.tensorflow.mnist import build_model
 
 

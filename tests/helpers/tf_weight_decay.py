@@ -21,9 +21,9 @@ if path == "keras":
 
 import numpy as np  # noqa: E402
 
-from common.config import TrainConfig  # noqa: E402
-from common.data import ImageDataset  # noqa: E402
-from common.tf_backend import TFBackend, init, tf  # noqa: E402
+from common.config.core import TrainConfig  # noqa: E402
+from common.data.datasets import ImageDataset  # noqa: E402
+from common.frameworks.tf_backend import TFBackend, init, tf  # noqa: E402
 
 keras = tf.keras
 cfg = TrainConfig.from_flags(batch_size=8, momentum=momentum, weight_decay=weight_decay)
@@ -36,7 +36,7 @@ start = [w.numpy().tolist() for w in model.weights]
 optimizer = keras.optimizers.SGD(0.1, momentum=momentum)
 loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 if path == "keras":
-    from common.keras_fit import distributed_optimizer
+    from common.loop.keras_fit import distributed_optimizer
 
     model.compile(optimizer=distributed_optimizer(optimizer, cfg), loss=loss_fn)
     model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-from common.balance import SLOW_DATA_ENV
+from common.monitor.balance import SLOW_DATA_ENV
 from tests.support import (
     BIN,
     HANG_GUARD_S,

@@ -41,7 +41,7 @@ def test_bad_flag_is_one_line_and_ends_the_job(tmp_path):
 def test_a_rank_that_starts_late_still_says_the_error(tmp_path):
     """Under MPI the first rank to find bad input waits (bounded) for the others to find it too
     before it exits: mpirun ends the job at the first non-zero exit, which cut off the line of a
-    rank still starting up (common.failure.wait_for_the_other_ranks)."""
+    rank still starting up (common.base.errors.wait_for_the_other_ranks)."""
     proc = mpirun(2, [HELPERS / "late_rank.py", "4", MNIST, "--epochs", "0"], cwd=tmp_path,
                   check=False)
     assert proc.returncode != 0

@@ -50,7 +50,7 @@ def test_a_stopped_rank_ends_the_job_after_the_stall_timeout_naming_it(tmp_path,
     assert re.search(r"Exit code: +124|exit with status code 124", job.err), job.err[-3000:]
     lines = [x for x in job.err.splitlines() if "error: stalled:" in x]
     assert lines, job.err[-3000:]
-    # rank 0's verdict, on a line of its own (horovodrun tags no line under MPI: common.quiet)
+    # rank 0's verdict, on a line of its own (horovodrun tags no line under MPI: common.world.quiet)
     tag = "" if launcher == "mpi" else "[0]<stderr>:"
     said = [x for x in lines if x.startswith(f"{tag}error: stalled:")]
     assert len(said) in (1, 2) and len(set(said)) == 1, job.err[-5000:]  # see the TF test below
@@ -69,7 +69,7 @@ def test_a_stopped_rank_ends_a_tensorflow_job_too(tmp_path, fault_record, recipe
     job.wait_for_first_epoch()
     job.inject(job.rank_pid(1), signal.SIGSTOP, fault_record)
     assert re.search(r"Exit code: +124", job.err), job.err[-3000:]
-    # Untagged under MPI (common.quiet): rank 0's verdict, and the same line from rank 1 when
+    # Untagged under MPI (common.world.quiet): rank 0's verdict, and the same line from rank 1 when
     # mpirun's ending of the job lets it run again to read the verdict rank 0 sent it.
     said = [x for x in job.err.splitlines() if x.startswith("error: stalled:")]
     assert len(said) in (1, 2) and len(set(said)) == 1, job.err[-5000:]

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from common.doctor import pinned_versions
-from common.quiet import is_noise
+from common.launch.doctor import pinned_versions
+from common.world.quiet import is_noise
 from tests.support import (
     BIN,
     ROOT,
@@ -20,13 +20,13 @@ from tests.support import (
 
 
 def doctor(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "common.doctor", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "common.launch.doctor", *args], cwd=ROOT,
                           env=env or job_env(), capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def doctor_text():
-    """``python -m common.doctor`` as a user runs it: one run, read by two tests."""
+    """``python -m common.launch.doctor`` as a user runs it: one run, read by two tests."""
     return doctor()
 
 

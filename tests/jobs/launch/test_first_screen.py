@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.quiet import RAW_OUTPUT_ENV, is_noise
+from common.world.quiet import RAW_OUTPUT_ENV, is_noise
 from tests.support import (
     BIN,
     TF_MNIST,

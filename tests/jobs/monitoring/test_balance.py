@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.balance import SLOW_DATA_ENV
+from common.monitor.balance import SLOW_DATA_ENV
 from tests.support import (
     MNIST,
     TF_MNIST,

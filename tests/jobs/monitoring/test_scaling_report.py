@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from common.runtime import cpu_cores
+from common.world.runtime import cpu_cores
 from tests.support import (
     BIN,
     HANG_GUARD_S,

@@ -7,7 +7,7 @@ import json
 import re
 import subprocess
 
-from common.doctor import pinned_versions
+from common.launch.doctor import pinned_versions
 from tests.support import (
     BIN,
     ROOT,
@@ -33,7 +33,7 @@ def test_horovod_has_pytorch_tensorflow_mpi_gloo(tmp_path):
     # setup's check (one process that imports the extensions, its checks forked from it) prints
     # the very table horovodrun does, asked afresh (an empty cache)
     env = {**job_env(), "HOROVOD_RECIPES_CACHE": str(tmp_path / "cache")}
-    ours = run([str(BIN / "python"), "-m", "common.build_checks", "horovod.torch",
+    ours = run([str(BIN / "python"), "-m", "common.world.build_checks", "horovod.torch",
                 "horovod.tensorflow"], env=env)
     assert ours.returncode == 0, ours.stderr[-3000:]
     assert ours.stdout == proc.stdout

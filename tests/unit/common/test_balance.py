@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.balance import SLOW_DATA_ENV, EpochTimes, rank_times, summarize
+from common.monitor.balance import SLOW_DATA_ENV, EpochTimes, rank_times, summarize
 
 
 def test_even_ranks_have_a_spread_of_one_and_no_straggler():

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from common import build_checks
-from common.build_checks import remembered, stamp
+from common.world import build_checks
+from common.world.build_checks import remembered, stamp
 
 
 @pytest.fixture

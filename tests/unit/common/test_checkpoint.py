@@ -6,10 +6,9 @@ import pickle
 import numpy as np
 import pytest
 
-from common.checkpoint import (
+from common.base.files import (
     CHECKSUM_KEY,
     CheckpointError,
-    CheckpointStore,
     CorruptCheckpoint,
     atomic_write,
     content_digest,
@@ -17,6 +16,7 @@ from common.checkpoint import (
     verified,
     with_checksum,
 )
+from common.checkpoint.store import CheckpointStore
 
 
 def write_obj(obj):
@@ -105,7 +105,7 @@ def test_empty_or_missing_directory(tmp_path):
 
 
 def test_save_policy_epochs_steps_end_and_stop():
-    from common.checkpoint import SavePolicy
+    from common.checkpoint.policy import SavePolicy
 
     every_epoch = SavePolicy(every_epochs=1, every_steps=0, epochs=3)
     assert every_epoch.should_save(10, 1, epoch_complete=True)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from common.config import ConfigError, TrainConfig, core_parser, parse_config
+from common.config.core import ConfigError, TrainConfig, core_parser, parse_config
 
 
 def parse(argv, **defaults):
@@ -64,7 +64,7 @@ def test_bad_yaml(tmp_path, text, message):
 def test_resolved_config_round_trips_through_yaml(tmp_path):
     import yaml
 
-    from common.config import resolved, save_resolved
+    from common.config.core import resolved, save_resolved
 
     cfg = parse(["--epochs", "4", "--decay-epochs", "2", "3", "--lr-decay", "step"])
     doc = resolved("pytorch/x", cfg, {"depth": 20, "epochs": 4, "config": None}, 2)
@@ -80,7 +80,7 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 
 
 def test_mpi_group_config_has_its_own_seed_and_folders():
-    from common.config import TrainConfig
+    from common.config.core import TrainConfig
 
     cfg = TrainConfig.from_flags(seed=7, checkpoint_dir="runs/x/ckpt",
                                  metrics_file="runs/x/metrics.jsonl", log_dir=None, mpi_groups=3)
@@ -93,14 +93,14 @@ def test_mpi_group_config_has_its_own_seed_and_folders():
 
 
 def test_mpi_groups_must_be_positive():
-    from common.config import ConfigError, TrainConfig
+    from common.config.core import ConfigError, TrainConfig
 
     with pytest.raises(ConfigError, match="--mpi-groups must be at least 1"):
         TrainConfig.from_flags(mpi_groups=0).validate()
 
 
 def test_each_component_validates_itself():
-    from common.config import CheckpointConfig, GradientConfig, RunConfig, ScheduleConfig
+    from common.config.core import CheckpointConfig, GradientConfig, RunConfig, ScheduleConfig
 
     for bad, message in [(RunConfig(epochs=0), "--epochs"),
                          (ScheduleConfig(lr_decay="step"), "needs --decay-epochs"),
@@ -132,14 +132,14 @@ def test_flags_and_yaml_keys_map_one_to_one_onto_component_fields():
     (dict(folds=2, fold=0, mpi_groups=2), "each group trains its own fold; drop --fold"),
 ])
 def test_bad_fold_settings_are_one_line_errors(flags, message):
-    from common.config import ConfigError, TrainConfig
+    from common.config.core import ConfigError, TrainConfig
 
     with pytest.raises(ConfigError, match=message):
         TrainConfig.from_flags(**flags).validate()
 
 
 def test_fold_configs_write_to_fold_folders_and_keep_the_seed():
-    from common.config import TrainConfig
+    from common.config.core import TrainConfig
 
     cfg = TrainConfig.from_flags(seed=7, checkpoint_dir="runs/x/ckpt", folds=3, mpi_groups=3,
                                  metrics_file="runs/x/metrics.jsonl", log_dir="runs/x/tb")
@@ -157,7 +157,7 @@ def test_fold_configs_write_to_fold_folders_and_keep_the_seed():
 
 
 def test_only_recipes_with_folds_take_the_flags():
-    from common.config import ConfigError, core_parser, parse_config
+    from common.config.core import ConfigError, core_parser, parse_config
 
     cfg, _ = parse_config(core_parser("t", kfold=True), ["--folds", "3", "--fold", "1"])
     assert (cfg.run.folds, cfg.run.fold) == (3, 1)
@@ -166,7 +166,7 @@ def test_only_recipes_with_folds_take_the_flags():
 
 
 def test_a_strategy_refuses_core_flags_it_has_no_use_for():
-    from common.config import ConfigError, TrainConfig
+    from common.config.core import ConfigError, TrainConfig
 
     TrainConfig().require_defaults("x", "amp", "mpi_groups")
     with pytest.raises(ConfigError, match="--mpi-groups does not apply to the pipeline"):

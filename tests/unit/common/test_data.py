@@ -8,15 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.data import (
+from common.data.datasets import (
     DataError,
     load_cifar10,
     load_digits_split,
     load_mnist_idx,
     read_digits,
     read_idx,
-    shard_indices,
 )
+from common.data.sharding import shard_indices
 from tests.support import (
     idx_bytes,
     write_cifar,
@@ -81,9 +81,9 @@ def test_digits_read_from_the_file_equal_scikit_learns_loader(monkeypatch):
     np.testing.assert_array_equal(images, want.images)
     np.testing.assert_array_equal(labels, want.target)
     # Where the file is not found, the loader itself answers.
-    import common.data
+    import common.data.datasets
 
-    monkeypatch.setattr(common.data.os.path, "isfile", lambda _path: False)
+    monkeypatch.setattr(common.data.datasets.os.path, "isfile", lambda _path: False)
     images, labels = read_digits()
     np.testing.assert_array_equal(images, want.images)
     np.testing.assert_array_equal(labels, want.target)
@@ -113,7 +113,7 @@ def test_reshuffled_each_epoch_same_on_every_rank():
 
 @given(n=st.integers(2, 400), folds=st.integers(2, 10))
 def test_folds_partition_the_data_exactly(n, folds):
-    from common.folds import fold_indices
+    from common.data.folds import fold_indices
 
     if n < folds:
         return
@@ -130,7 +130,7 @@ def test_folds_partition_the_data_exactly(n, folds):
 
 def test_folds_do_not_depend_on_the_seed_or_global_rngs():
     """Every rank, group and run cuts the same folds: nothing but (n, K, I) decides them."""
-    from common.folds import fold_indices
+    from common.data.folds import fold_indices
 
     np.random.seed(1)
     first = fold_indices(1000, 5, 3)
@@ -142,15 +142,15 @@ def test_folds_do_not_depend_on_the_seed_or_global_rngs():
 
 
 def test_too_few_samples_for_the_folds_is_a_user_error():
-    from common.failure import UserError
-    from common.folds import fold_indices
+    from common.base.errors import UserError
+    from common.data.folds import fold_indices
 
     with pytest.raises(UserError, match="--folds 5 needs at least 5 training samples"):
         fold_indices(4, 5, 0)
 
 
 def test_select_fold_splits_the_training_set():
-    from common.data import select_fold
+    from common.data.datasets import select_fold
 
     train, _ = load_digits_split()
     fit_part, val_part = select_fold(train, 4, 1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 
-import common.doctor
+import common.launch.doctor
 
 
 def test_importing_the_doctor_leaves_the_environment_alone(monkeypatch):
@@ -14,5 +14,5 @@ def test_importing_the_doctor_leaves_the_environment_alone(monkeypatch):
     importing it ran with TensorFlow's start-up lines turned off."""
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
     before = dict(os.environ)
-    importlib.reload(common.doctor)
+    importlib.reload(common.launch.doctor)
     assert dict(os.environ) == before

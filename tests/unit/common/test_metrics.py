@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.metrics import CounterLayout, MetricSums, macro_f1
+from common.monitor.metrics import CounterLayout, MetricSums, macro_f1
 
 
 def fake_allreduce(shards):

@@ -6,8 +6,8 @@ import pytest
 
 
 def test_more_servers_than_tensors_is_an_error():
-    from common.config import ConfigError
-    from common.param_server import shard_names
+    from common.config.core import ConfigError
+    from common.strategies.param_server import shard_names
     from recipes.pytorch.mnist import Net
 
     assert shard_names(Net(), 2) == [["fc1.weight"], ["conv1.weight", "conv1.bias", "conv2.weight",

@@ -10,8 +10,8 @@ def test_more_stages_than_layers_is_an_error():
 
     from torch import nn
 
-    from common.config import ConfigError
-    from common.pipeline import partition
+    from common.config.core import ConfigError
+    from common.strategies.pipeline import partition
 
     model = nn.Sequential(OrderedDict(a=nn.Linear(2, 2), act=nn.ReLU(), b=nn.Linear(2, 2)))
     with pytest.raises(ConfigError, match="--stages 3 is more than the model's 2 layers"):
@@ -19,7 +19,7 @@ def test_more_stages_than_layers_is_an_error():
 
 
 def test_partition_keeps_order_and_balances_layers_with_parameters():
-    from common.pipeline import partition
+    from common.strategies.pipeline import partition
     from recipes.pytorch.mnist import Net
 
     net = Net()

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from common.config import ConfigError, TrainConfig
-from common.profiling import read_autotune, read_events, settings, summarize_timeline
+from common.config.core import ConfigError, TrainConfig
+from common.monitor.profiling import read_autotune, read_events, settings, summarize_timeline
 
 
 def _events(*events):

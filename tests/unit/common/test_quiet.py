@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from common.quiet import RAW_OUTPUT_ENV, is_noise, quiet_stderr, untagged
+from common.world.quiet import RAW_OUTPUT_ENV, is_noise, quiet_stderr, untagged
 
 SAMPLE = [
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",

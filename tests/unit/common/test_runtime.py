@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from common.runtime import (
+from common.world.runtime import (
     apply_runtime_settings,
     cgroup_cpu_quota,
     cpu_cores,

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.config import TrainConfig
-from common.schedule import LRSchedule, lr_multiplier
+from common.config.core import TrainConfig
+from common.loop.schedule import LRSchedule, lr_multiplier
 
 
 def test_multiplier_rules():

@@ -6,7 +6,7 @@ import sys
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from common.torch_backend import tensorboard_writer
+from common.frameworks.torch_backend import tensorboard_writer
 
 
 def test_the_tensorboard_writer_writes_scalars_without_importing_tensorflow(tmp_path):

@@ -1,6 +1,6 @@
 """The one loop and the checkpoint protocol in one process, on a small numpy backend.
 
-``NumpyBackend`` is a complete ``common.backend.Backend`` for linear regression by SGD with a
+``NumpyBackend`` is a complete ``common.frameworks.backend.Backend`` for linear regression by SGD with a
 world of one (collectives are identities): enough to check what the loop and the checkpoint
 manager decide, without Horovod. The multi-process tests run the same code for real.
 """
@@ -13,13 +13,13 @@ import pickle
 import numpy as np
 import pytest
 
-from common.backend import Backend
-from common.checkpoint import CheckpointManager
-from common.config import TrainConfig
-from common.failure import UserError
-from common.metrics import MetricSums
-from common.runtime import Runtime
-from common.trainer import fit
+from common.base.errors import UserError
+from common.checkpoint.manager import CheckpointManager
+from common.config.core import TrainConfig
+from common.frameworks.backend import Backend
+from common.loop.trainer import fit
+from common.monitor.metrics import MetricSums
+from common.world.runtime import Runtime
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning",
                                         "ignore:invalid value:RuntimeWarning")

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from common.watchdog import EXIT_STALLED, StallWatchdog
+from common.faults.watchdog import EXIT_STALLED, StallWatchdog
 
 # Verdicts within a 1 s timeout: nothing beside them.
 pytestmark = pytest.mark.serial

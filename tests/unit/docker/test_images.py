@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from common.doctor import pinned_versions
+from common.launch.doctor import pinned_versions
 from tests.support import (
     BIN,
     ROOT,
@@ -57,7 +57,7 @@ def test_image_builds_with_the_ci_setup_step_and_pins(path):
     for key, version in pinned_versions().items():
         if key.endswith("_VERSION") and key != "PYTHON_MIN":
             assert version not in text, (key, version)
-    assert "python -m common.doctor" in setup_runs[0]  # the image checks its own build
+    assert "python -m common.launch.doctor" in setup_runs[0]  # the image checks its own build
     assert steps[-1].startswith("CMD ") and "recipes/pytorch/" in steps[-1]
     assert any(re.match(r"USER 1000", s) for s in steps)  # trains as a non-root user
 

@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from common.doctor import pinned_versions
+from common.launch.doctor import pinned_versions
 from tests.support import (
     ROOT,
     job_env,

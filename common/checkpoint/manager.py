@@ -1,0 +1,203 @@
+"""Manager owns the checkpoint protocol of every framework: restore by broadcast, save on rank 0, agreed.
+
+:class:`CheckpointManager` runs the protocol, a collective on every rank: rank 0 reads the
+newest valid checkpoint (``common.checkpoint.store``), all ranks agree on errors, then receive
+its state by broadcast; on save every rank's RNG state and partial-epoch metric sums are
+gathered and rank 0 writes. When to save is the ``SavePolicy``'s (``common.checkpoint.policy``).
+The contents are the same for every framework; the backend only turns its model and optimizer
+state into a file and back (``Backend.write_checkpoint`` / ``read_checkpoint``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from common.base.errors import agree
+from common.base.files import CheckpointError
+from common.checkpoint.policy import SavePolicy
+from common.checkpoint.store import DIVERGED_SUFFIX, CheckpointStore
+from common.monitor.metrics import MetricSums
+
+if TYPE_CHECKING:
+    from common.config.core import TrainConfig
+    from common.frameworks.backend import Backend
+
+
+# Recipes renamed to match their file names; their older checkpoints still resume.
+RECIPE_ALIASES = {"pytorch/imagenet": "pytorch/imagenet_resnet50"}
+
+
+@dataclass
+class Resume:
+    """Where a run continues: full epochs and optimizer steps done, from which checkpoint.
+
+    ``epoch_sums`` are this rank's metric counters of the epoch in progress (resuming mid-epoch
+    with the same world); ``notices`` are rank 0's remarks for the user.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    checkpoint: str | None = None
+    epoch_sums: list[float] | None = None
+    notices: list[str] = field(default_factory=list)
+    lr_factor: float = 1.0  # the LR multiplier rollbacks left (``--on-divergence rollback``)
+    set_aside: list[str] = field(default_factory=list)  # renamed *.diverged by a rollback
+
+
+class CheckpointManager:
+    """Rank-0 checkpoints of a backend's model and optimizer, restored on every rank by broadcast.
+
+    Every rank calls :meth:`restore` once before training and :meth:`save` at the same points;
+    both are collectives. A checkpoint holds the model and optimizer state, epoch and step,
+    every rank's RNG state, every rank's partial-epoch metric counters, the world size and steps
+    per epoch it was written with, the model's signature and the run's config.
+    """
+
+    def __init__(self, backend: Backend, cfg: TrainConfig, recipe: str,
+                 steps_per_epoch: int = 1) -> None:
+        self.backend, self.recipe = backend, recipe
+        self.steps_per_epoch = steps_per_epoch
+        self.config = cfg.as_dict()
+        self.lr_factor = 1.0  # the LR multiplier rollbacks left; saved with each checkpoint
+        self.seed = cfg.run.seed
+        self.policy = SavePolicy.from_config(cfg)
+        c = cfg.checkpoint
+        self.store = (CheckpointStore(c.checkpoint_dir, c.keep_checkpoints,
+                                      suffix=backend.checkpoint_suffix)
+                      if c.checkpoint_dir else None)
+
+    def _load(self, path: str) -> dict:
+        record = self.backend.read_checkpoint(path)
+        recipe = RECIPE_ALIASES.get(record.get("recipe"), record.get("recipe"))
+        if recipe != self.recipe:
+            raise CheckpointError(f"{path!r} was saved by recipe {record.get('recipe')!r}, not "
+                                  f"{self.recipe!r}; use another --checkpoint-dir")
+        theirs, ours = record.get("signature"), self.backend.signature()
+        if theirs != ours:
+            diff = sorted(set(map(str, theirs or [])) ^ set(map(str, ours)))[:2]
+            raise CheckpointError(f"{path!r} holds a different model or optimizer (first "
+                                  f"differences: {'; '.join(diff)}); use another --checkpoint-dir")
+        return record
+
+    # Settings that may differ between a run and its resumption without changing what is trained.
+    _NOT_SETTINGS = {"checkpoint_dir", "metrics_file", "log_dir", "progress", "epochs",
+                     "max_steps", "data_workers", "threads_per_worker", "keep_checkpoints",
+                     "checkpoint_epochs", "checkpoint_steps"}
+
+    def changed_settings(self, saved: dict | None) -> str:
+        """``name old -> new`` for each training setting this run changes ('' if none)."""
+        if not saved:
+            return ""
+        return ", ".join(f"{k} {saved[k]!r} -> {v!r}" for k, v in self.config.items()
+                         if k in saved and k not in self._NOT_SETTINGS and saved[k] != v)
+
+    def restore(self, max_step: int | None = None) -> Resume:
+        """Resume from the newest valid checkpoint (rank 0 reads, all ranks receive).
+
+        ``max_step`` (a rollback): the newest of that step or earlier; newer ones are renamed
+        ``*.diverged`` so that no later run resumes from them."""
+        rt = self.backend.runtime()
+        found, error, notices, moved = None, "", [], []
+        if rt.is_root and self.store is not None:
+            try:
+                notices += self.store.lock()
+                found = self.store.newest_valid(self._load, max_step)
+                if max_step is not None and not found:
+                    raise CheckpointError(f"training diverged and no checkpoint of step "
+                                          f"{max_step} or earlier is left to roll back to")
+                if max_step is not None:
+                    moved = self.store.set_aside(max_step, DIVERGED_SUFFIX)
+                if found:
+                    ref, record, skipped = found
+                    self.backend.load_state(record["state"], ref.path)
+                    if skipped:
+                        notices.append(f"skipped unreadable checkpoints: {', '.join(skipped)}")
+                    changed = self.changed_settings(record.get("config"))
+                    if changed:
+                        notices.append(f"resuming with settings that differ from the saved "
+                                       f"run's: {changed}")
+            except CheckpointError as e:
+                error = str(e)
+        agree(not error, error, self.backend.broadcast_object)
+        meta = None
+        if found:
+            ref, record, _ = found
+            meta = {k: record.get(k) for k in ("epoch", "step", "rng", "world_size",
+                                                 "steps_per_epoch", "epoch_sums", "lr_factor")}
+            meta["path"] = ref.path
+            meta["set_aside"] = moved
+        meta = self.backend.broadcast_object(meta, name="ckpt_meta")
+        self.backend.broadcast_state()
+        if meta is None:
+            return Resume(notices=notices)
+        resume = Resume(meta["epoch"], meta["step"], meta["path"], notices=notices,
+                        lr_factor=float(meta["lr_factor"] or 1.0), set_aside=meta["set_aside"])
+        if meta["world_size"] == rt.size and meta["steps_per_epoch"] == self.steps_per_epoch:
+            if meta["rng"] is not None:
+                self.backend.set_rng_state(meta["rng"][rt.rank])
+            if meta["epoch_sums"] is not None:
+                resume.epoch_sums = meta["epoch_sums"][rt.rank]
+        else:
+            # Steps mean other sample counts now: continue from the last full epoch.
+            resume.step = meta["epoch"] * self.steps_per_epoch
+            notices.append(f"checkpoint was written by {meta['world_size']} worker(s) at "
+                           f"{meta['steps_per_epoch']} steps/epoch, this run has {rt.size} at "
+                           f"{self.steps_per_epoch}: continuing from the start of epoch "
+                           f"{meta['epoch'] + 1} with fresh data order and RNG streams")
+            self.backend.seed(self.seed + 1_000_003 * meta["epoch"] + rt.rank)
+        return resume
+
+    def set_aside_after(self, step: int) -> tuple[list[str], str | None]:
+        """Rename checkpoints newer than ``step`` to ``*.diverged`` (rank 0; a collective):
+        returns their names and the newest checkpoint left, on every rank."""
+        result: tuple[list[str], str | None] = ([], None)
+        if self.backend.runtime().is_root and self.store is not None:
+            try:
+                moved = self.store.set_aside(step, DIVERGED_SUFFIX)
+                left = self.store.list()
+                result = (moved, left[-1].path if left else None)
+            except OSError:
+                pass
+        return self.backend.broadcast_object(result, name="set_aside")
+
+    def save(self, epoch: int, step: int, epoch_sums: MetricSums | None = None,
+             check: Callable[[MetricSums], None] | None = None) -> str | None:
+        """Write a checkpoint after ``epoch`` full epochs and ``step`` steps from rank 0 (a
+        collective); returns its path. ``epoch_sums``: this rank's counters of the epoch in
+        progress, so that a run resumed mid-epoch reports the epoch as an uninterrupted one.
+        ``check(global sums or None, weights finite on every rank)`` runs on every rank before
+        anything is written (the divergence guard: it raises on every rank alike, since every
+        rank gathers the same values)."""
+        if self.store is None and check is None:
+            return None
+        rt = self.backend.runtime()
+        rngs = self.backend.allgather_object(self.backend.rng_state(), name="rng_states")
+        sums = None if epoch_sums is None else epoch_sums.to_array().tolist()
+        all_sums = self.backend.allgather_object(sums, name="epoch_sums")
+        if check is not None:
+            finite = self.backend.allreduce_sum(
+                np.array([float(self.backend.weights_finite())]))[0] == rt.size
+            check(None if sums is None else MetricSums(epoch_sums.layout, np.sum(all_sums, axis=0)),
+                  finite)
+        if self.store is None:
+            return None
+        path, error = None, ""
+        state = self.backend.state_to_save()
+        if rt.is_root:
+            record = {"recipe": self.recipe, "signature": self.backend.signature(),
+                      "epoch": epoch, "step": step, "rng": rngs, "world_size": rt.size,
+                      "steps_per_epoch": self.steps_per_epoch,
+                      "epoch_sums": None if sums is None else all_sums,
+                      "config": self.config, "lr_factor": self.lr_factor,
+                      "state": state}
+            try:
+                path = self.store.save(epoch, step,
+                                       lambda f: self.backend.write_checkpoint(f, record))
+            except CheckpointError as e:
+                error = str(e)
+        agree(not error, error, self.backend.broadcast_object)
+        return self.backend.broadcast_object(path, name="ckpt_path")

@@ -1,0 +1,1 @@
+"""Frameworks: the Backend contract the loop calls, and PyTorch's and TensorFlow's implementations of it."""

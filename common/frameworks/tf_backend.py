@@ -1,0 +1,366 @@
+"""TF backend owns TensorFlow for the core: Horovod init, the gradient tape, and the loop's Backend.
+
+``init`` starts Horovod and pins threads and a GPU per rank; :class:`TFBackend` is the
+``common.frameworks.backend.Backend`` of a Keras model, its optimizer, a loss and in-memory image datasets:
+``tf.function`` train and eval steps with Horovod's ``DistributedGradientTape``, variable
+broadcast, RNG state and the checkpoint file format (``.npz`` of arrays plus a JSON header,
+read with ``allow_pickle=False``). The Keras ``model.fit`` recipes use the same backend for
+their state, checkpoints and collectives (``common.loop.keras_fit``).
+
+Works with Keras 3 (the custom loop) and with tf-keras (``TF_USE_LEGACY_KERAS=1``, for
+``model.fit``): both expose ``model.weights`` and ``optimizer.variables``. Two Keras 3 gaps are
+bridged here: Horovod's tape needs ``tf.Variable``s (Keras 3 variables lack ``.ref()``), and
+``hvd.broadcast_variables`` cannot assign Keras 3 variables, so each value is broadcast and
+assigned.
+
+TensorFlow's C++ log noise is off unless you ask for it: this module sets
+``TF_CPP_MIN_LOG_LEVEL=2`` before TensorFlow is imported, unless the variable is already set,
+and imports it inside ``common.world.quiet.quiet_stderr`` for the lines printed before that setting
+takes effect (``HOROVOD_RECIPES_RAW_OUTPUT=1`` shows them).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from common.world.quiet import quiet_stderr  # noqa: E402
+
+with quiet_stderr():  # the start-up lines TF_CPP_MIN_LOG_LEVEL does not reach (common.world.quiet)
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    tf.config.list_physical_devices("GPU")  # its first look for GPUs (cuInit) prints too
+
+from common.base.files import CHECKSUM_KEY, CheckpointError, content_digest, verified  # noqa: E402
+from common.config.core import ConfigError, TrainConfig  # noqa: E402
+from common.faults.watchdog import beat  # noqa: E402
+from common.frameworks.backend import Backend, placed, start_horovod  # noqa: E402
+from common.monitor.metrics import CounterLayout, MetricSums  # noqa: E402
+from common.world.runtime import Runtime, seed_host_rngs, worker_threads
+
+CHECKPOINT_FORMAT = "horovod-recipes/tf/1"
+
+
+def init(cfg: TrainConfig, comm=None) -> Runtime:
+    """Initialise Horovod, pin threads and GPU for this rank, seed every RNG from the seed."""
+    rt = start_horovod(hvd, cfg, comm)
+    gpus = tf.config.list_physical_devices("GPU")
+    device = "cpu"
+    if gpus:  # one GPU per rank, as torch_backend.init picks it
+        gpu = gpus[rt.local_rank % len(gpus)]
+        tf.config.experimental.set_memory_growth(gpu, True)
+        tf.config.set_visible_devices(gpu, "GPU")
+        device = "gpu:0"
+    policy = mixed_precision_policy(cfg.run.amp, gpus)
+    if policy:  # before the recipe builds its model: Keras layers take the policy then
+        tf.keras.mixed_precision.set_global_policy(policy)
+    threads = worker_threads(rt.local_size, cfg.run.threads_per_worker)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # already initialised (a second init in one process)
+        pass
+    return placed(hvd, cfg, rt, device, seed_everything)
+
+
+def mixed_precision_policy(amp: bool, gpus: list) -> str | None:
+    """The Keras mixed precision policy ``--amp`` asks for: bf16 compute on GPUs that have it
+    (compute capability 8.0 and later), fp16 with loss scaling on older ones; none on CPU."""
+    if not (amp and gpus):
+        return None
+    cc = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
+    return "mixed_bfloat16" if tuple(cc) >= (8, 0) else "mixed_float16"
+
+
+def seed_everything(seed: int) -> None:
+    seed_host_rngs(seed)
+    tf.random.set_seed(seed)
+
+
+def compression(cfg: TrainConfig):
+    return hvd.Compression.fp16 if cfg.gradients.fp16_allreduce else hvd.Compression.none
+
+
+def distributed_tape(tape: tf.GradientTape, cfg: TrainConfig) -> tf.GradientTape:
+    """Wrap a tape in Horovod's DistributedGradientTape with the core's gradient options."""
+    g = cfg.gradients
+    return hvd.DistributedGradientTape(
+        tape, compression=compression(cfg), op=hvd.Adasum if g.use_adasum else hvd.Average,
+        gradient_predivide_factor=g.gradient_predivide_factor)
+
+
+@tf.autograph.experimental.do_not_convert
+def with_weight_decay(grads, variables, weight_decay: float, loss_scale=1.0) -> list:
+    """``--weight-decay`` as every recipe of both frameworks means it: coupled L2, as in
+    ``torch.optim.SGD``: ``weight_decay * w`` joins each averaged gradient, so momentum carries it
+    (Keras's own ``weight_decay`` is decoupled: it shrinks the weights apart from the gradient).
+    ``loss_scale``: the factor the gradients still carry (a LossScaleOptimizer unscales them)."""
+    if not weight_decay:
+        return list(grads)
+    return [g if g is None else tf.convert_to_tensor(g) + tf.cast(weight_decay * loss_scale, g.dtype)
+            * tf.cast(v, g.dtype) for g, v in zip(grads, variables, strict=True)]
+
+
+def refuse_two_weight_decays(optimizer, weight_decay: float) -> None:
+    """ConfigError when ``--weight-decay`` meets an optimizer with a decay of its own (applied
+    twice otherwise); every rank builds the same optimizer, so every rank says it."""
+    if weight_decay and getattr(optimizer, "weight_decay", None):
+        raise ConfigError("--weight-decay is the core's (L2, as torch's SGD): build the "
+                          "optimizer without its own weight_decay")
+
+
+# The graph code of these helpers (Horovod's tape and allreduce among it) has no Python control
+# flow on tensors, so AutoGraph need not rewrite it: rewriting it cost each TensorFlow worker
+# about 3.5 s at its first step (measured 2026-12-06). The user's model is still converted.
+@tf.autograph.experimental.do_not_convert
+def averaged_gradients(tape: tf.GradientTape, target, variables, cfg: TrainConfig) -> list:
+    """The gradients of ``target``, averaged over the workers by Horovod's tape."""
+    return distributed_tape(tape, cfg).gradient(target, tf_variables(variables))
+
+
+def tf_variables(variables) -> list:
+    """The tf.Variables behind Keras 3 variables (Horovod's tape needs ``.ref()``)."""
+    return [getattr(v, "value", v) if not isinstance(v, tf.Variable) else v for v in variables]
+
+
+def allreduce_sum(values: np.ndarray) -> np.ndarray:
+    """Sum a float64 vector over all ranks (a collective)."""
+    t = tf.constant(np.asarray(values, dtype=np.float64))
+    return hvd.allreduce(t, op=hvd.Sum, name="metric_sums").numpy()
+
+
+def variables_of(model, optimizer) -> list:
+    """Model weights then optimizer slots (the optimizer must be built)."""
+    return list(model.weights) + list(optimizer.variables)
+
+
+def _name(v) -> str:
+    return getattr(v, "path", None) or v.name
+
+
+def broadcast_state(model, optimizer) -> None:
+    """Make every rank hold rank 0's weights and optimizer state (a collective)."""
+    for i, v in enumerate(variables_of(model, optimizer)):
+        v.assign(hvd.broadcast(tf.convert_to_tensor(v), root_rank=0, name=f"state_{i}"))
+
+
+def shard_dataset(images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+                  batch_size: int) -> tf.data.Dataset:
+    """Batches of the given samples, in order (a rank's shard from ``Backend.train_indices``)."""
+    ds = tf.data.Dataset.from_tensor_slices((images[indices], labels[indices]))
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+@tf.autograph.experimental.do_not_convert
+def counters(out, y, loss, layout: CounterLayout):
+    """A batch's metric counters in ``layout`` order, as a float64 tensor (inside tf.function)."""
+    y = tf.cast(y, tf.int32)
+    n = tf.cast(tf.shape(y)[0], tf.float64)
+    out = tf.cast(out, tf.float32)
+    parts = [tf.reshape(tf.cast(loss, tf.float64) * n, [1]), tf.reshape(n, [1])]
+    for k in layout.topk:
+        hits = tf.math.in_top_k(y, out, min(k, out.shape[-1]))
+        parts.append(tf.reshape(tf.reduce_sum(tf.cast(hits, tf.float64)), [1]))
+    if layout.confusion_classes:
+        c = layout.confusion_classes
+        pred = tf.argmax(out, 1, output_type=tf.int32)
+        parts.append(tf.cast(tf.math.bincount(y * c + pred, minlength=c * c, maxlength=c * c),
+                             tf.float64))
+    return tf.concat(parts, 0)
+
+
+class _ScalarWriter:
+    """TensorBoard scalars through ``tf.summary`` (no torch needed)."""
+
+    def __init__(self, log_dir: str) -> None:
+        self.writer = tf.summary.create_file_writer(log_dir)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        with self.writer.as_default():
+            tf.summary.scalar(tag, value, step=step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class TFBackend(Backend):
+    """A Keras model, its optimizer, a loss and ImageDatasets (N, H, W), for the core.
+
+    The optimizer is built here. For the custom loop it is a plain Keras optimizer (Horovod's
+    tape averages the gradients); for ``model.fit`` it is Horovod's Keras DistributedOptimizer.
+    ``topk`` and ``num_classes`` are as for ``Backend``.
+    """
+
+    checkpoint_suffix = "npz"
+    hvd = hvd
+
+    def __init__(self, rt: Runtime, cfg: TrainConfig, model, optimizer, loss_fn, train, val,
+                 topk: tuple[int, ...] = (1,), num_classes: int = 0,
+                 val_batch_size: int = 256) -> None:
+        super().__init__(rt, cfg, model, optimizer, loss_fn, len(train), len(val), topk,
+                         num_classes, val_batch_size)
+        self.train, self.val = train, val
+        # (N, H, W) grey images get their channel axis; (N, H, W, C) ones are used as they are.
+        self.images, self.val_images = (d.images[..., None] if d.images.ndim == 3 else d.images
+                                        for d in (train, val))
+        self.policy = tf.keras.mixed_precision.global_policy().name
+        if cfg.run.amp and self.policy == "float32":
+            self.notices.append("--amp ignored: no GPU, training in fp32")
+        if self.policy == "mixed_float16" and hasattr(optimizer, "scale_loss"):
+            # The custom loop's Keras 3 optimizer scales the loss and skips steps whose
+            # gradients overflow (model.fit wraps its own optimizer so).
+            optimizer = self.optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+        refuse_two_weight_decays(optimizer, cfg.optimizer.weight_decay)
+        optimizer.build(model.trainable_variables)
+        self._train_step = self._eval_step = None
+
+    # --- the job and its collectives ------------------------------------------------------------
+    def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
+        return allreduce_sum(values)
+
+    # --- random number generators ---------------------------------------------------------------
+    def rng_state(self) -> dict:
+        """Python's, numpy's and TensorFlow's global generator, as JSON values."""
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {"python": random.getstate(),
+                "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+                "tf": tf.random.get_global_generator().state.numpy().tolist()}
+
+    def set_rng_state(self, state: dict) -> None:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        kind, keys, pos, has_gauss, g = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, g))
+        tf.random.get_global_generator().reset(np.asarray(state["tf"], dtype=np.int64))
+
+    def seed(self, seed: int) -> None:
+        seed_everything(seed)
+
+    # --- model and optimizer state ---------------------------------------------------------------
+    def variables(self) -> list:
+        return variables_of(self.model, self.optimizer)
+
+    def state(self) -> dict:
+        return {"arrays": [np.array(v.numpy()) for v in self.variables()]}
+
+    def snapshot(self) -> dict:
+        return self.state()  # numpy copies already
+
+    def load_state(self, state: dict, source: str) -> None:
+        variables, arrays = self.variables(), state["arrays"]
+        if len(variables) != len(arrays):
+            raise CheckpointError(f"{source!r} holds {len(arrays)} arrays for "
+                                  f"{len(variables)} variables")
+        for v, a in zip(variables, arrays, strict=True):
+            v.assign(a)
+
+    def signature(self) -> list[list]:
+        return [[_name(v), list(v.shape)] for v in self.variables()]
+
+    def broadcast_state(self) -> None:
+        broadcast_state(self.model, self.optimizer)
+
+    def weights_finite(self) -> bool:
+        flags = [tf.reduce_all(tf.math.is_finite(v)) for v in self.model.trainable_variables]
+        return bool(tf.reduce_all(tf.stack(flags))) if flags else True
+
+    def write_checkpoint(self, f, record: dict) -> None:
+        arrays = record["state"]["arrays"]
+        header = {k: v for k, v in record.items() if k != "state"}
+        header.update(format=CHECKPOINT_FORMAT, count=len(arrays))
+        header = json.loads(json.dumps(header))  # the header as it will read back
+        header[CHECKSUM_KEY] = content_digest({**header, "arrays": list(arrays)})
+        buf = io.BytesIO()
+        np.savez(buf, header=np.array(json.dumps(header)),
+                 **{f"v{i}": a for i, a in enumerate(arrays)})
+        f.write(buf.getvalue())
+
+    def read_checkpoint(self, path: str) -> dict:
+        with np.load(path, allow_pickle=False) as f:
+            header = json.loads(str(f["header"]))
+            arrays = [f[f"v{i}"] for i in range(header.get("count", 0))]
+        if header.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path!r} is not a horovod-recipes TensorFlow checkpoint")
+        header = verified({**header, "arrays": arrays})
+        header["state"] = {"arrays": header.pop("arrays")}
+        return header
+
+    # --- training and evaluation ----------------------------------------------------------------
+    def train_batches(self, epoch: int, start: int):
+        indices = self.train_indices(self.cfg.run.seed, epoch, start)
+        return shard_dataset(self.images, self.train.labels, indices, self.samples_per_step)
+
+    def set_lr(self, lr: float) -> None:
+        self.optimizer.learning_rate.assign(lr)
+
+    def zero_counters(self):
+        return tf.zeros(self.train_layout.size, tf.float64)
+
+    def read_counters(self, c) -> np.ndarray:
+        return np.asarray(c.numpy(), dtype=np.float64)
+
+    def train_step(self, batch):
+        if self._train_step is None:
+            self._train_step = self._make_train_step()
+        return self._train_step(*batch)
+
+    def _make_train_step(self):
+        """A tf.function: one optimizer step over a batch of K micro-batches traced in one tape,
+        so their gradients are summed locally and allreduced once (the K micro-batches'
+        activations are held at once)."""
+        model, optimizer, loss_fn, passes = self.model, self.optimizer, self.loss_fn, self.passes
+        layout, cfg = self.train_layout, self.cfg
+        decay = cfg.optimizer.weight_decay
+
+        @tf.function
+        def step(x, y):
+            n = tf.cast(tf.shape(y)[0], tf.float32)
+            total = tf.constant(0.0)
+            sums = tf.zeros(layout.size, tf.float64)
+            with tf.GradientTape() as tape:
+                for xs, ys in zip(tf.split(x, passes), tf.split(y, passes), strict=True):
+                    out = tf.cast(model(xs, training=True), tf.float32)  # fp32 loss under --amp
+                    loss = loss_fn(ys, out)
+                    total += loss * tf.cast(tf.shape(ys)[0], tf.float32) / n
+                    sums += counters(out, ys, loss, layout)
+                scaled = optimizer.scale_loss(total) if hasattr(optimizer, "scale_loss") else total
+            grads = averaged_gradients(tape, scaled, model.trainable_variables, cfg)  # distributed
+            if decay:  # what the loss was scaled by, so that the L2 term is scaled alike
+                scale = optimizer.scale_loss(tf.constant(1.0)) if hasattr(optimizer, "scale_loss") \
+                    else 1.0
+                grads = with_weight_decay(grads, model.trainable_variables, decay, scale)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return sums
+
+        return step
+
+    def evaluate(self) -> MetricSums:
+        if self._eval_step is None:
+            model, loss_fn, layout = self.model, self.loss_fn, self.val_layout
+
+            @tf.function
+            def eval_step(x, y):
+                out = tf.cast(model(x, training=False), tf.float32)
+                return counters(out, y, loss_fn(y, out), layout)
+
+            self._eval_step = eval_step
+        idx = self.val_indices()
+        total = tf.zeros(self.val_layout.size, tf.float64)  # on the device, read once
+        ds = tf.data.Dataset.from_tensor_slices((self.val_images[idx], self.val.labels[idx]))
+        for x, y in ds.batch(self.val_batch_size):
+            total += self._eval_step(x, y)
+            beat()
+        return MetricSums(self.val_layout, self.read_counters(total))
+
+    def scalar_writer(self, log_dir: str):
+        return _ScalarWriter(log_dir)

@@ -1,0 +1,246 @@
+"""HVD launch owns wrapping a launcher (horovodrun, mpirun): stop signals reach the workers, none outlive it.
+
+    hvd-launch horovodrun -np 4 python recipes/pytorch/mnist.py ...
+    hvd-launch mpirun -np 4 -bind-to none python recipes/pytorch/mnist.py ...
+    (the same as ``python -m common.launch.hvd_launch ...``)
+
+What the launchers do on their own (measured with Horovod 0.28.1 and Open MPI 4.1, see the
+README's "Failures" section): ``horovodrun`` under MPI dies on SIGTERM and leaves ``mpirun`` and
+every worker training, orphaned; SIGINT to it does nothing; ``mpirun`` turns SIGTERM/SIGINT into
+a SIGTERM and then a SIGKILL to every rank a few seconds later, often before a checkpoint can be
+written. So this wrapper:
+
+* starts the launcher in its own session (a terminal's Ctrl-C reaches only this wrapper), and
+  makes itself the subreaper of everything below it, so nothing it started can escape it;
+* on SIGTERM, SIGINT or SIGUSR1 sends that same signal to each worker on this host (workers
+  register themselves through ``HVD_LAUNCH_DIR``). One rank's signal is enough: the training
+  loop makes every rank agree at the next step, write a checkpoint of it and exit 75
+  (``common.faults.preemption``). With no worker on this host, ``mpirun`` gets SIGUSR1, which Open MPI
+  forwards to every rank;
+* after ``--grace`` seconds, or on a second signal, kills everything below it;
+* ends with one line and the workers' exit status (75: stopped, run again to resume; 124:
+  stalled; 2: bad input; 1: a bug, traceback above), instead of horovodrun's own traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from common.base.errors import say
+from common.base.launch_dir import LAUNCH_DIR_ENV
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+MEANINGS = {0: "done", 1: "a worker failed (see its traceback above)",
+            2: "bad input (see the error line above)",
+            75: "stopped on a signal after writing a checkpoint; run the same command to resume",
+            124: "a worker stalled (see the error line above)", 130: "interrupted",
+            137: "killed (SIGKILL, or out of memory)"}
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+# --- the wrapper ---------------------------------------------------------------------------------
+
+class Launch:
+    def __init__(self, command: list[str], grace: float) -> None:
+        self.command, self.grace = command, grace
+        self.folder = tempfile.mkdtemp(prefix="hvd-launch-")
+        self.stopping_since: float | None = None
+        self.forwarded: signal.Signals | None = None
+        self.child: subprocess.Popen | None = None
+
+    def run(self) -> int:
+        _become_subreaper()
+        env = dict(os.environ, **{LAUNCH_DIR_ENV: self.folder})
+        for sig in FORWARDED:
+            signal.signal(sig, self._on_signal)
+        try:
+            self.child = subprocess.Popen(self.command, env=env, stderr=subprocess.PIPE,
+                                          start_new_session=True)
+        except OSError as e:
+            say(f"hvd-launch: cannot start {self.command[0]!r}: {e.strerror}")
+            return 127
+        relay = threading.Thread(target=_relay_stderr, args=(self.child.stderr,), daemon=True)
+        relay.start()
+        while self.child.poll() is None:
+            if self.stopping_since and time.monotonic() - self.stopping_since > self.grace:
+                say(f"hvd-launch: the workers did not stop within --grace {self.grace:g} s; "
+                     "killing them")
+                self._kill_all()
+            time.sleep(0.2)
+        relay.join(5)
+        _reap()
+        leftovers = self._kill_all()  # whatever the launcher left behind (now our children)
+        time.sleep(0.1)
+        _reap()
+        code = self._exit_code()
+        if leftovers:
+            say(f"hvd-launch: killed {leftovers} process(es) the launcher left running")
+        if code:
+            say(f"hvd-launch: job ended with exit status {code}: "
+                 f"{MEANINGS.get(code, 'see the messages above')}")
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return code
+
+    def _on_signal(self, signum, frame) -> None:
+        sig = signal.Signals(signum)
+        if self.stopping_since is not None:  # a second signal: stop now
+            say(f"hvd-launch: {sig.name} again: killing the job")
+            self._kill_all()
+            return
+        self.stopping_since, self.forwarded = time.monotonic(), sig
+        workers = self._workers()
+        if workers:
+            for pid in workers:
+                _signal(pid, sig)
+            say(f"hvd-launch: {sig.name} sent to {len(workers)} worker(s) on this host; they "
+                 f"stop at the next step with a checkpoint (a second signal kills them)")
+            return
+        mpirun = [p for p in self._descendants() if _name(p) in ("mpirun", "orterun", "prterun")]
+        if mpirun:  # workers only on other hosts: Open MPI forwards SIGUSR1 to every rank
+            _signal(mpirun[0], signal.SIGUSR1)
+            say(f"hvd-launch: {sig.name}: no worker on this host; SIGUSR1 sent through mpirun")
+        else:  # still starting: nothing to save yet
+            for pid in self._descendants():
+                _signal(pid, signal.SIGTERM)
+
+    def _workers(self) -> list[int]:
+        pids = []
+        for path in Path(self.folder).glob("*.worker"):
+            pid = int(path.stem)
+            if not Path(self.folder, f"{pid}.exit").exists() and _alive(pid):
+                pids.append(pid)
+        return pids
+
+    def _descendants(self) -> list[int]:
+        import psutil  # a Horovod dependency
+
+        try:
+            return [p.pid for p in psutil.Process().children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def _kill_all(self) -> int:
+        pids = self._descendants()
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+        return len(pids)
+
+    def _exit_code(self) -> int:
+        """The workers' verdict if they left one, else the launcher's own status."""
+        exits = []
+        for path in Path(self.folder).glob("*.exit"):
+            try:
+                code, _, when = path.read_text().split()
+                exits.append((float(when), int(code)))
+            except (OSError, ValueError):
+                continue
+        codes = [c for _, c in sorted(exits)]
+        if self.forwarded is not None and codes and all(c == 75 for c in codes):
+            return 75
+        failed = [c for c in codes if c not in (0, 75)] or [c for c in codes if c]
+        if failed:
+            return failed[0]  # the first worker to fail: the others were ended because of it
+        status = self.child.returncode
+        return 128 - status if status < 0 else status
+
+
+_TRACEBACK = "Traceback (most recent call last):"
+_EXCEPTION = re.compile(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b:?")
+
+
+def _relay_stderr(stream) -> None:
+    """Copy the launcher's stderr, replacing horovodrun's own traceback (a frame in
+    horovod/runner) by its message; workers' output is never held back."""
+    held: list[bytes] = []
+    out = sys.stderr.buffer
+    for line in iter(stream.readline, b""):
+        text = line.decode(errors="replace")
+        if held or text.startswith(_TRACEBACK):
+            held.append(line)
+            if not _EXCEPTION.match(text):
+                continue
+            ours = any(b"horovod/runner/" in h for h in held)
+            if ours:
+                message = text.split(":", 1)[1].strip() if ":" in text else text.strip()
+                out.write(f"hvd-launch: the launcher says: {message}\n".encode())
+            else:
+                out.writelines(held)
+            held = []
+            out.flush()
+            continue
+        out.write(line)
+        out.flush()
+    out.writelines(held)
+    out.flush()
+
+
+def _reap() -> None:
+    """Collect processes that were reparented to this subreaper and have exited."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _become_subreaper() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: orphans cannot be collected
+        pass
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hvd-launch", description="Run a launcher command (horovodrun, mpirun, ...) so that "
+        "SIGTERM/SIGINT/SIGUSR1 stop its workers cleanly at a checkpoint and none is orphaned.")
+    parser.add_argument("--grace", type=float, default=120.0,
+                        help="seconds the workers get to stop after a signal before they are "
+                             "killed")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the launcher command line")
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.error("give the launcher command, e.g. hvd-launch horovodrun -np 2 python "
+                     "recipes/pytorch/mnist.py")
+    return Launch(args.command, args.grace).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

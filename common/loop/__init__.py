@@ -1,0 +1,1 @@
+"""Loop: the one training loop (Trainer, fit), its position, LR schedule, elastic mode, model.fit."""

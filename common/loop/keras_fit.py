@@ -1,0 +1,158 @@
+"""Keras fit owns ``model.fit`` for the core: one callback that drives the same Trainer as every loop.
+
+``model.fit`` keeps its own loop, so :class:`TrainerCallback` maps its events onto
+``common.loop.trainer.Trainer``: the LR of every step from the one ``LRSchedule``, and at each epoch
+end ``Trainer.end_epoch`` (exact global metrics from each rank's sums, validation through the
+backend, the ``SavePolicy``'s checkpoint, rank 0's line, record and scalars), exactly as the
+custom loops do. Horovod 0.28.1's own Keras callbacks crash on TF 2.21 and are not used.
+
+Use with tf-keras (``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported) and Horovod's
+Keras ``DistributedOptimizer`` (:func:`distributed_optimizer`). ``model.fit`` resumes at epoch
+boundaries: a checkpoint written mid-epoch restarts its epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+# First: TensorFlow is imported there, quietly (common.world.quiet); horovod.tensorflow.keras would
+# import it with its start-up lines.
+from common.frameworks.tf_backend import (
+    TFBackend,
+    compression,
+    refuse_two_weight_decays,
+    shard_dataset,
+    tf,
+    with_weight_decay,
+)
+
+import horovod.tensorflow.keras as hvd_keras  # isort: skip
+
+from common.config.core import TrainConfig
+from common.config.strategies import ElasticConfig
+from common.faults.watchdog import beat
+from common.loop import trainer
+from common.loop.trainer import Trainer
+from common.monitor.metrics import MetricSums, Throughput
+
+keras = tf.keras
+
+
+def distributed_optimizer(optimizer, cfg: TrainConfig):
+    """Wrap a tf-keras optimizer in Horovod's Keras DistributedOptimizer with the core's
+    gradient options; accumulated passes are averaged, as in the other recipes, and
+    ``--weight-decay`` is added to the averaged gradient (``tf_backend.with_weight_decay``)."""
+    g = cfg.gradients
+    if cfg.optimizer.weight_decay:
+        optimizer = _with_weight_decay(optimizer, cfg.optimizer.weight_decay)
+    return hvd_keras.DistributedOptimizer(
+        optimizer, compression=compression(cfg), backward_passes_per_step=g.batches_per_allreduce,
+        average_aggregated_gradients=True,
+        op=hvd_keras.Adasum if g.use_adasum else hvd_keras.Average,
+        gradient_predivide_factor=g.gradient_predivide_factor)
+
+
+def _with_weight_decay(optimizer, weight_decay: float):
+    """The optimizer, as a subclass that adds the L2 term to the gradients it applies. Horovod's
+    optimizer subclasses it in turn, and calls it once per step with the averaged gradients."""
+    refuse_two_weight_decays(optimizer, weight_decay)
+    base = type(optimizer)
+
+    def apply_gradients(self, grads_and_vars, *args, **kwargs):
+        grads, variables = zip(*grads_and_vars, strict=True)
+        grads = with_weight_decay(grads, variables, weight_decay)
+        return base.apply_gradients(self, list(zip(grads, variables, strict=True)), *args, **kwargs)
+
+    cls = type(base.__name__, (base,), {"apply_gradients": apply_gradients})
+    return cls.from_config(optimizer.get_config())
+
+
+class TrainerCallback(keras.callbacks.Callback):
+    """``model.fit``'s batches and epochs, driving a Trainer (one Keras batch is one pass).
+
+    ``on_step(epoch_end)`` runs after every optimizer step and epoch (elastic commits).
+    """
+
+    def __init__(self, trainer: Trainer, on_step: Callable[[bool], None] | None = None) -> None:
+        super().__init__()
+        self.trainer, self.on_step = trainer, on_step
+        self.passes = trainer.cfg.gradients.batches_per_allreduce
+        self.batches = 0
+        # Keras hands the batch logs over as tensors instead of reading them back every batch;
+        # they are read only when needed (the first batch, a stop, the epoch's end).
+        self._supports_tf_logs = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.clock, self.batches = Throughput(), 0
+        self.trainer.trained = True
+
+    def on_train_batch_begin(self, batch, logs=None):
+        t = self.trainer
+        t.backend.set_lr(t.lr(t.state.step))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+        t = self.trainer
+        if t.state.loss_reference is None and logs and "loss" in logs:  # once per run, on every rank
+            t.state.loss_reference = float(t.backend.allreduce_sum(np.array([float(logs["loss"])]))[0]
+                                      / t.rt.size)
+        if self.batches % self.passes:
+            return
+        t.state.step += 1
+        beat(t.state.step)
+        t.stop_if_signalled(lambda: self.epoch_sums(logs))
+        max_steps = t.cfg.run.max_steps
+        if max_steps is not None and t.state.step >= max_steps:
+            self.model.stop_training = True
+        elif self.on_step:
+            self.on_step(False)
+
+    def epoch_sums(self, logs) -> MetricSums:
+        """This rank's sums of the epoch so far: Keras logs are its means over its samples."""
+        logs, seen = logs or {}, self.batches * self.trainer.cfg.run.batch_size
+        return MetricSums(self.trainer.backend.train_layout,
+                          [float(logs.get("loss", float("nan"))) * seen, seen,
+                           float(logs.get("accuracy", float("nan"))) * seen])
+
+    def on_epoch_end(self, epoch, logs=None):
+        t = self.trainer
+        seen = self.batches * t.cfg.run.batch_size
+        local = self.epoch_sums(logs)  # reduced exactly by end_epoch
+        complete = self.batches == t.n_steps * self.passes
+        t.end_epoch(local, self.clock.elapsed, seen, complete,
+                    stopping=bool(self.model.stop_training))
+        if self.on_step:
+            self.on_step(True)
+
+
+def _fit_epochs(t: Trainer, on_step: Callable[[bool], None] | None) -> None:
+    """``model.fit`` from the trainer's epoch to the last, on the current world. It starts at
+    epoch boundaries: after a mid-epoch checkpoint (resumed, rolled back to, or an elastic
+    commit) the epoch restarts."""
+    b = t.backend
+    if t.state.samples_done:
+        t.out.print(f"note: model.fit resumes at epoch boundaries: epoch {t.state.epoch + 1} "
+                    "restarts")
+        t.state.step, t.state.samples_done = t.state.epoch * t.n_steps, 0
+        t.epoch_sums = None
+    if t.state.epoch >= t.cfg.run.epochs:
+        return
+    batch = t.cfg.run.batch_size
+    ds = None
+    for epoch in range(t.state.epoch, t.cfg.run.epochs):
+        part = shard_dataset(b.images, b.train.labels, b.train_indices(t.cfg.run.seed, epoch, 0),
+                             batch)
+        ds = part if ds is None else ds.concatenate(part)
+    b.model.fit(ds, epochs=t.cfg.run.epochs, initial_epoch=t.state.epoch,
+                steps_per_epoch=t.n_steps * t.cfg.gradients.batches_per_allreduce,
+                callbacks=[TrainerCallback(t, on_step)], verbose=0)
+
+
+def fit(backend: TFBackend, cfg: TrainConfig, recipe: str,
+        recipe_args: dict[str, Any] | None = None, describe: str = "",
+        elastic: ElasticConfig | None = None) -> dict[str, Any]:
+    """``common.loop.trainer.fit`` for a compiled tf-keras model: train with ``model.fit``."""
+    return trainer.fit(backend, cfg, recipe, recipe_args, describe, elastic, run_epochs=_fit_epochs)

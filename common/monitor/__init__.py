@@ -1,0 +1,1 @@
+"""Monitor: what a run measures and shows: exact metrics, records, load balance, profiling, benchmarks."""

@@ -1,0 +1,1 @@
+"""Strategies: training beyond plain data parallelism: pipeline stages, parameter servers, spread state."""
