@@ -28,7 +28,7 @@ RUN_FOLDERS = {
 
 def mnist_parser(description: str, recipe: str):
     """The core parser of an MNIST-family recipe: its hyper-parameters, folders and K-fold flags."""
-    from common.config.core import core_parser
+    from common.config import core_parser
 
     return core_parser(description, kfold=True, **MNIST_DEFAULTS, **run_dirs(recipe))
 

@@ -321,7 +321,7 @@ install_package() {
 check_build() {
   # horovodrun --check-build's table (Horovod's own checks), asked from a process that has
   # already imported what the project needs: Horovod answers each check in a fork of it, so
-  # each framework is imported once, not once a check (common/build_checks.py).
+  # each framework is imported once, not once a check (common/world/build_checks.py).
   local imports=(common)
   [[ " ${FRAMEWORKS[*]} " == *" PyTorch "* ]] && imports+=(horovod.torch)
   [[ " ${FRAMEWORKS[*]} " == *" TensorFlow "* ]] && imports+=(horovod.tensorflow)

@@ -10,9 +10,9 @@ state into a file and back (``Backend.write_checkpoint`` / ``read_checkpoint``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,7 +62,6 @@ class CheckpointManager:
         self.backend, self.recipe = backend, recipe
         self.steps_per_epoch = steps_per_epoch
         self.config = cfg.as_dict()
-        self.lr_factor = 1.0  # the LR multiplier rollbacks left; saved with each checkpoint
         self.seed = cfg.run.seed
         self.policy = SavePolicy.from_config(cfg)
         c = cfg.checkpoint
@@ -164,16 +163,18 @@ class CheckpointManager:
                 pass
         return self.backend.broadcast_object(result, name="set_aside")
 
-    def save(self, epoch: int, step: int, epoch_sums: MetricSums | None = None,
+    def save(self, position: Mapping[str, Any], epoch_sums: MetricSums | None = None,
              check: Callable[[MetricSums], None] | None = None) -> str | None:
-        """Write a checkpoint after ``epoch`` full epochs and ``step`` steps from rank 0 (a
-        collective); returns its path. ``epoch_sums``: this rank's counters of the epoch in
+        """Write a checkpoint of the loop's ``position`` (``LoopState.state_dict()``: after
+        ``epoch`` full epochs and ``step`` steps, with the LR factor rollbacks left) from rank 0
+        (a collective); returns its path. ``epoch_sums``: this rank's counters of the epoch in
         progress, so that a run resumed mid-epoch reports the epoch as an uninterrupted one.
         ``check(global sums or None, weights finite on every rank)`` runs on every rank before
         anything is written (the divergence guard: it raises on every rank alike, since every
         rank gathers the same values)."""
         if self.store is None and check is None:
             return None
+        epoch, step = position["epoch"], position["step"]
         rt = self.backend.runtime()
         rngs = self.backend.allgather_object(self.backend.rng_state(), name="rng_states")
         sums = None if epoch_sums is None else epoch_sums.to_array().tolist()
@@ -192,7 +193,7 @@ class CheckpointManager:
                       "epoch": epoch, "step": step, "rng": rngs, "world_size": rt.size,
                       "steps_per_epoch": self.steps_per_epoch,
                       "epoch_sums": None if sums is None else all_sums,
-                      "config": self.config, "lr_factor": self.lr_factor,
+                      "config": self.config, "lr_factor": position["lr_factor"],
                       "state": state}
             try:
                 path = self.store.save(epoch, step,

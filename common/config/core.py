@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from common.base.files import atomic_write
 from common.config.flags import (
     ConfigError,
     FlagConfig,
@@ -31,6 +32,7 @@ from common.config.flags import (
     flag_name,
     values_of,
 )
+from common.world.runtime import mpi_group
 
 LR_SCALING_RULES = ("linear", "sqrt", "none")
 LR_DECAYS = ("none", "step", "cosine")
@@ -399,8 +401,6 @@ def one_line(config: dict[str, Any]) -> str:
 
 def save_resolved(path: str, config: dict[str, Any]) -> None:
     """Write a resolved configuration as YAML, atomically (rank 0 only)."""
-    from common.base.files import atomic_write
-
     text = yaml.safe_dump(config, sort_keys=False)
     atomic_write(path, lambda f: f.write(text), mode="w")
 
@@ -442,8 +442,6 @@ def parse_config(
     cfg = TrainConfig.from_flags(**{k: getattr(args, k) for k in _HOME if hasattr(args, k)})
     cfg.validate()
     if cfg.run.mpi_groups > 1:
-        from common.world.runtime import mpi_group
-
         cfg = cfg.for_group(mpi_group(cfg.run.mpi_groups)[0])
     elif cfg.run.folds:
         cfg = cfg.for_fold(cfg.run.fold)

@@ -14,11 +14,11 @@ import numpy as np
 
 
 def shard_indices(n: int, rank: int, size: int, seed: int, epoch: int,
-                  shuffle: bool = True, drop_tail: bool = True, start: int = 0) -> np.ndarray:
+                  shuffle: bool = True, drop_tail: bool = True, samples_done: int = 0) -> np.ndarray:
     """The dataset indices rank ``rank`` of ``size`` processes in ``epoch``, in order.
 
-    ``start`` skips the first samples of the epoch's global order: those already trained by
-    a run that stopped (or a world that changed) after ``start`` samples, so the rest of the
+    ``samples_done`` skips the first samples of the epoch's global order: those already trained by
+    a run that stopped (or a world that changed) after ``samples_done`` samples, so the rest of the
     epoch is re-sharded over the current world.
     """
     if not 0 <= rank < size:
@@ -27,7 +27,7 @@ def shard_indices(n: int, rank: int, size: int, seed: int, epoch: int,
         order = np.random.default_rng([seed, epoch]).permutation(n)
     else:
         order = np.arange(n)
-    order = order[start:]
+    order = order[samples_done:]
     if drop_tail:
         order = order[: len(order) - len(order) % size]
     return order[rank::size]

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.base.errors import env_rank, say
 from common.config.core import signal_number
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request, run again to continue
@@ -86,8 +87,6 @@ class SignalWatch:
     def _watch_launcher(self, launcher: tuple[int, str]) -> None:
         while not self._watching.wait(1.0):
             if _start_time(launcher[0]) != launcher[1]:
-                from common.base.errors import env_rank, say
-
                 say(f"rank {env_rank()}: the launcher (horovodrun, pid {launcher[0]}) is gone; "
                     "stopping at the next step as on SIGHUP")
                 self.received = self.received or signal.SIGHUP

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.base.errors import say
+from common.base.launch_dir import record_exit
 
 EXIT_STALLED = 124  # as coreutils' timeout: the job ran out of time waiting for a rank
 _CONNECT_S = 20.0  # how long a worker tries to reach rank 0 at start
@@ -202,7 +203,7 @@ class StallWatchdog:
         ages = {r: p.age + (now - p.heard) for r, p in self.peers.items() if p.heard is not None}
         if max(ages.values()) <= self.timeout:
             return
-        message = self.describe(now)
+        message = self.stall_message(now)
         stop = f"stop {message}\n".encode()
         for key in list(self._sel.get_map().values()):
             if key.data == "worker":
@@ -212,7 +213,7 @@ class StallWatchdog:
                     key.fileobj.sendall(stop)
         self._end(message, linger=1.0)
 
-    def describe(self, now: float) -> str:
+    def stall_message(self, now: float) -> str:
         """Rank 0's verdict: who stopped answering, or where every rank stands."""
         stalled = max(p.age + (now - p.heard) for p in self.peers.values() if p.heard is not None)
         head = f"stalled: no progress for {stalled:.0f} s (--stall-timeout {self.timeout:g}); "
@@ -241,8 +242,6 @@ class StallWatchdog:
         if linger:
             time.sleep(linger)  # let the other ranks read the stop before this rank goes
         if self._exit is os._exit:
-            from common.base.launch_dir import record_exit
-
             record_exit(EXIT_STALLED)
         self._exit(EXIT_STALLED)
 

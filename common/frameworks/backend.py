@@ -130,8 +130,8 @@ class Backend(abc.ABC):
 
     # --- training and evaluation -------------------------------------------------------------
     @abc.abstractmethod
-    def train_batches(self, epoch: int, start: int) -> Iterable:
-        """This rank's batches of ``epoch``, skipping the first ``start`` samples of the
+    def train_batches(self, epoch: int, samples_done: int) -> Iterable:
+        """This rank's batches of ``epoch``, skipping the first ``samples_done`` samples of the
         epoch's global order (they were trained before a resume or a world change)."""
 
     @abc.abstractmethod
@@ -173,11 +173,11 @@ class Backend(abc.ABC):
         rt = self.runtime()
         return rt.rank, rt.size
 
-    def train_indices(self, seed: int, epoch: int, start: int) -> np.ndarray:
-        """This rank's training sample indices of ``epoch`` from global position ``start``,
+    def train_indices(self, seed: int, epoch: int, samples_done: int) -> np.ndarray:
+        """This rank's training sample indices of ``epoch`` from global position ``samples_done``,
         cut to whole steps (see ``common.data.sharding.shard_indices``)."""
         rank, size = self.data_parallel()
-        idx = shard_indices(self.n_train, rank, size, seed, epoch, start=start)
+        idx = shard_indices(self.n_train, rank, size, seed, epoch, samples_done=samples_done)
         return idx[: len(idx) - len(idx) % self.samples_per_step]
 
     def val_indices(self) -> np.ndarray:
@@ -189,9 +189,9 @@ class Backend(abc.ABC):
         """Optimizer steps in a whole epoch on the current world."""
         return (self.n_train // self.data_parallel()[1]) // self.samples_per_step
 
-    def steps_left(self, start: int) -> int:
-        """Whole steps left in an epoch once ``start`` samples of it are done."""
-        return ((self.n_train - start) // self.data_parallel()[1]) // self.samples_per_step
+    def steps_left(self, samples_done: int) -> int:
+        """Whole steps left in an epoch once ``samples_done`` samples of it are done."""
+        return ((self.n_train - samples_done) // self.data_parallel()[1]) // self.samples_per_step
 
     def comm_seconds(self) -> float | None:
         """This rank's seconds spent communicating in train steps so far (a running total), or

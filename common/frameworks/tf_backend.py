@@ -296,8 +296,8 @@ class TFBackend(Backend):
         return header
 
     # --- training and evaluation ----------------------------------------------------------------
-    def train_batches(self, epoch: int, start: int):
-        indices = self.train_indices(self.cfg.run.seed, epoch, start)
+    def train_batches(self, epoch: int, samples_done: int):
+        indices = self.train_indices(self.cfg.run.seed, epoch, samples_done)
         return shard_dataset(self.images, self.train.labels, indices, self.samples_per_step)
 
     def set_lr(self, lr: float) -> None:

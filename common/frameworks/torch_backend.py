@@ -224,9 +224,9 @@ class TorchBackend(Backend):
         return record
 
     # --- training and evaluation ----------------------------------------------------------------
-    def train_batches(self, epoch: int, start: int):
+    def train_batches(self, epoch: int, samples_done: int):
         self.train_loader.sampler.set_epoch(epoch, self.train_indices(self.cfg.run.seed, epoch,
-                                                                      start))
+                                                                      samples_done))
         return self.train_loader
 
     def set_lr(self, lr: float) -> None:
@@ -268,9 +268,7 @@ class TorchBackend(Backend):
             scaler.update()
         else:
             optimizer.step()
-        done = time.perf_counter()
-        self.times.comm_s += done - waiting
-        self.times.step(done - began)
+        self.times.end_step(began, waiting)
         return total
 
     def comm_seconds(self) -> float:

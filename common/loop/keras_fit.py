@@ -86,7 +86,7 @@ class TrainerCallback(keras.callbacks.Callback):
         self._supports_tf_logs = True
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.clock, self.batches = Throughput(), 0
+        self.epoch_clock, self.batches = Throughput(), 0
         self.trainer.trained = True
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -96,9 +96,9 @@ class TrainerCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.batches += 1
         t = self.trainer
-        if t.state.loss_reference is None and logs and "loss" in logs:  # once per run, on every rank
-            t.state.loss_reference = float(t.backend.allreduce_sum(np.array([float(logs["loss"])]))[0]
-                                      / t.rt.size)
+        if t.state.loss_reference is None and logs and "loss" in logs:  # once per run, every rank
+            total = t.backend.allreduce_sum(np.array([float(logs["loss"])]))[0]
+            t.state.loss_reference = float(total / t.rt.size)
         if self.batches % self.passes:
             return
         t.state.step += 1
@@ -122,7 +122,7 @@ class TrainerCallback(keras.callbacks.Callback):
         seen = self.batches * t.cfg.run.batch_size
         local = self.epoch_sums(logs)  # reduced exactly by end_epoch
         complete = self.batches == t.n_steps * self.passes
-        t.end_epoch(local, self.clock.elapsed, seen, complete,
+        t.end_epoch(local, self.epoch_clock.elapsed, seen, complete,
                     stopping=bool(self.model.stop_training))
         if self.on_step:
             self.on_step(True)

@@ -149,7 +149,7 @@ class Trainer:
         """Resume from the newest checkpoint (a collective) and report the run's start."""
         resume = self._restore_position()
         self.first_step = self.state.step  # checkpoints after it are this run's own
-        self.state.lr_factor = self.checkpoint_manager.lr_factor = resume.lr_factor
+        self.state.lr_factor = resume.lr_factor
         if resume.lr_factor != 1.0:
             resume.notices.append(f"the LR stays x{resume.lr_factor:g} (rollbacks of the saved "
                                   "run)")
@@ -180,7 +180,7 @@ class Trainer:
             counters = b.zero_counters()
             bar = self.out.bar(self.n_steps, f"epoch {self.state.epoch + 1}/{run.epochs}")
             bar.update(self.n_steps - b.steps_left(self.state.samples_done))
-            clock, seen, last_refresh = Throughput(), 0, 0.0
+            epoch_clock, seen, last_refresh = Throughput(), 0, 0.0
             times = EpochTimes(comm_clock=b.comm_seconds)
             # A world that shrank, or a stop at an epoch's last step, may leave no step of the
             # epoch: it is complete.
@@ -201,25 +201,23 @@ class Trainer:
                 complete = b.steps_left(self.state.samples_done) == 0
                 stopping = run.max_steps is not None and self.state.step >= run.max_steps
                 bar.update()
-                if self.out.progress and clock.elapsed - last_refresh > _BAR_REFRESH_S:
-                    last_refresh = clock.elapsed
+                if self.out.progress and epoch_clock.elapsed - last_refresh > _BAR_REFRESH_S:
+                    last_refresh = epoch_clock.elapsed
                     running = MetricSums(b.train_layout, b.read_counters(counters))
                     bar.set_postfix(loss=f"{running.loss:.3f}", lr=f"{lr:.3g}",
-                                    samples_s=f"{clock.rate(seen * b.data_parallel()[1]):,.0f}")
+                                    samples_s=f"{epoch_clock.rate(seen * b.data_parallel()[1]):,.0f}")
                 self.stop_if_signalled(lambda local=local, counters=counters: MetricSums(
                     b.train_layout, local.values + b.read_counters(counters)))
                 if complete or stopping:
                     break
                 if self.policy.should_save(self.state.step, self.state.epoch, epoch_complete=False):
-                    partial = MetricSums(b.train_layout, local.values + b.read_counters(counters))
-                    self.state.checkpoint = self.checkpoint_manager.save(
-                        self.state.epoch, self.state.step, partial, check=self.check_divergence)
+                    self.save(MetricSums(b.train_layout, local.values + b.read_counters(counters)))
                     self.state.checked_step = self.state.step
                 if on_step:
                     on_step(False)
             bar.close()
             local.add_counters(b.read_counters(counters))
-            self.end_epoch(local, clock.elapsed, seen, complete, stopping, times)
+            self.end_epoch(local, epoch_clock.elapsed, seen, complete, stopping, times)
             if on_step:
                 on_step(True)
             if stopping:
@@ -244,14 +242,19 @@ class Trainer:
             self.state.epoch, self.state.samples_done = self.state.epoch + 1, 0
         saved = None
         if self.policy.should_save(self.state.step, self.state.epoch, complete, stopping):
-            saved = self.checkpoint_manager.save(self.state.epoch, self.state.step,
-                                                 None if complete else local,
-                                          check=self.check_divergence)
-            self.state.checkpoint = saved or self.state.checkpoint
+            saved = self.save(None if complete else local)
         self.out.epoch(epoch=number, epochs=self.cfg.run.epochs, step=self.state.step,
                        lr=self.lr(max(self.state.step - 1, 0)), train=self.train_sums,
                        val=self.val_sums, samples_per_sec=self.samples_per_sec,
                        world_size=self.rt.size, elapsed=elapsed, checkpoint=saved, balance=balance)
+
+    def save(self, epoch_sums: MetricSums | None) -> str | None:
+        """Checkpoint the loop's position (a collective; the divergence guard checks first);
+        ``epoch_sums``: this rank's sums of an unfinished epoch. Returns the path written."""
+        saved = self.checkpoint_manager.save(self.state.state_dict(), epoch_sums,
+                                             check=self.check_divergence)
+        self.state.checkpoint = saved or self.state.checkpoint
+        return saved
 
     def stop_if_signalled(self, partial: Callable[[], MetricSums]) -> None:
         """After every step, and a collective when the signal watch says one is due (every step,
@@ -262,9 +265,7 @@ class Trainer:
         why = self.signals.agreed(self.backend.allreduce_sum, self.rt.rank, self.state.step)
         if why is None:
             return
-        saved = self.checkpoint_manager.save(self.state.epoch, self.state.step, partial(),
-                                      check=self.check_divergence)
-        self.state.checkpoint = saved or self.state.checkpoint
+        saved = self.save(partial())
         where = (f"checkpoint: {saved}; run the same command to resume" if saved
                  else "no --checkpoint-dir, nothing saved")
         self.out.print(f"stopped by {why} after step {self.state.step} (epoch {self.state.epoch + 1}); "
@@ -315,7 +316,6 @@ class Trainer:
         collective) and go on with a lower LR."""
         self.state.rollbacks += 1
         self.state.lr_factor *= self.cfg.run.rollback_lr_factor
-        self.checkpoint_manager.lr_factor = self.state.lr_factor
         resume = self._restore_position(max_step=self.last_sound_weights)
         self.out.print(f"training diverged: {why}; rollback {self.state.rollbacks} of "
                        f"{self.cfg.run.max_rollbacks}: back to {self.state.checkpoint} (step "

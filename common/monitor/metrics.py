@@ -123,11 +123,11 @@ class Throughput:
     """Wall-clock seconds of a span, and samples per second over it."""
 
     def __init__(self) -> None:
-        self.start = time.perf_counter()
+        self.began = time.perf_counter()
 
     @property
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return time.perf_counter() - self.began
 
     def rate(self, samples: float) -> float:
         return samples / max(self.elapsed, 1e-9)
@@ -144,6 +144,13 @@ class StepTimes:
     def step(self, seconds: float) -> None:
         self.steps += 1
         self.step_s += seconds
+
+    def end_step(self, began: float, waiting: float) -> None:
+        """A step that began at ``began`` (``time.perf_counter``) ends now, and it waited for
+        communication since ``waiting`` (the optimizer's wait for its allreduces)."""
+        done = time.perf_counter()
+        self.comm_s += done - waiting
+        self.step(done - began)
 
     def record(self, allgather_object: Callable, **fields) -> dict:
         """Every rank's per-step means in rank order (a collective), and ``fields``."""

@@ -20,8 +20,9 @@ from typing import Any
 from tqdm import tqdm
 
 from common.base.files import atomic_write
-from common.config.core import OutputConfig
+from common.config.core import OutputConfig, one_line, resolved, save_resolved
 from common.monitor.metrics import MetricSums
+from common.world.runtime import SETTINGS, settings_line
 
 
 def tensorboard_without_tensorflow() -> None:
@@ -115,9 +116,6 @@ class Reporter:
 
         ``replicas``: the data-parallel copies, when not every worker is one (a pipeline).
         Returns rank 0's error writing config.yaml ('' if none), for the caller to agree on."""
-        from common.config.core import one_line, resolved, save_resolved
-        from common.world.runtime import SETTINGS, settings_line
-
         for notice in notices:
             self.print(f"note: {notice}")
         config = resolved(recipe, cfg, recipe_args or {}, world_size, SETTINGS)

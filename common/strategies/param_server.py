@@ -142,10 +142,10 @@ class ParameterServerBackend(SpreadState, TorchBackend):
         return (f"{self.roles.workers} worker(s), {self.roles.servers} server(s), {self.sc.mode}"
                 f"{bound}")
 
-    def train_batches(self, epoch: int, start: int):
+    def train_batches(self, epoch: int, samples_done: int):
         if self.is_server:
-            return [None] * self.steps_left(start)
-        return super().train_batches(epoch, start)
+            return [None] * self.steps_left(samples_done)
+        return super().train_batches(epoch, samples_done)
 
     def set_lr(self, lr: float) -> None:
         if self.is_server:

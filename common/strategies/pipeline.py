@@ -228,9 +228,7 @@ class PipelineBackend(SpreadState, TorchBackend):
                 self._send(inp.grad, self.stage - 1, _GRAD_TAG + m)
         waiting = time.perf_counter()  # the stage's gradient allreduce over its replicas
         optimizer.step()
-        done = time.perf_counter()
-        self.times.comm_s += done - waiting
-        self.times.step(done - began)
+        self.times.end_step(began, waiting)
         return total
 
     def val_counters(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:

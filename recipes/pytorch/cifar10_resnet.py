@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
-from common.config.core import ConfigError, core_parser, parse_config
+from common.config import ConfigError, core_parser, parse_config
 from common.data.datasets import load_cifar10
 from common.faults.ending import run_main
 from common.frameworks.torch_backend import TorchBackend, distributed_optimizer, init

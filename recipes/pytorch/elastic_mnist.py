@@ -5,7 +5,7 @@ Run (hosts come and go as discover_hosts.sh prints them):
         python recipes/pytorch/elastic_mnist.py
 
 The same recipe as recipes/pytorch/mnist.py, trained by the same loop in elastic mode
-(common/elastic.py): the model, optimizer and the loop's position are committed every
+(common/loop/elastic.py): the model, optimizer and the loop's position are committed every
 --commit-steps steps and at each epoch end. When a worker fails or hosts change, the surviving
 workers roll back to the last commit, the epoch's remaining samples are re-sharded over the new
 world, and the LR target is rescaled to the new world size. Rank 0 also writes the core's
@@ -14,7 +14,7 @@ checkpoints, so a job stopped whole resumes from them.
 
 from __future__ import annotations
 
-from common.config.core import parse_config
+from common.config import parse_config
 from common.config.strategies import ElasticConfig
 from common.faults.ending import run_main
 from common.frameworks.torch_backend import init

@@ -11,7 +11,7 @@ activations forward and their gradients back to its neighbours (point to point, 
 Data parallelism: R copies of the pipeline train on R shards of the data, and each stage's
 gradients are averaged over its R copies by Horovod on that stage's process set. The model,
 data and hyper-parameters are the MNIST recipe's; the same loop, schedule, checkpoints and
-metrics run it (common/pipeline.py). Needs an MPI launch (not horovodrun --gloo).
+metrics run it (common/strategies/pipeline.py). Needs an MPI launch (not horovodrun --gloo).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from common.config.core import parse_config
+from common.config import parse_config
 from common.config.strategies import PipelineConfig
 from common.faults.ending import run_main
 from common.loop.trainer import fit

@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 from torchvision.transforms import v2
 
-from common.config.core import ConfigError, core_parser, parse_config
+from common.config import ConfigError, core_parser, parse_config
 from common.data.datasets import DataError
 from common.faults.ending import run_main
 from common.frameworks.torch_backend import TorchBackend, distributed_optimizer, init

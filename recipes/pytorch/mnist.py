@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.config.core import parse_config
+from common.config import parse_config
 from common.data.datasets import load_mnist_or_digits
 from common.faults.ending import run_main
 from common.frameworks.torch_backend import TorchBackend, distributed_optimizer, init

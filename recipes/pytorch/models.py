@@ -14,7 +14,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from common.config.core import ConfigError
+from common.config import ConfigError
 from common.data.datasets import load_mnist_or_digits
 from recipes.pytorch.mnist import Net, as_tensors
 

@@ -11,7 +11,7 @@ optimizer; the other ranks are workers that pull the parameters, compute the gra
 shard of the data and push it back. Sync mode trains exactly what synchronous data parallelism
 trains; async mode applies each push on arrival and reports the staleness it saw. The model,
 data and hyper-parameters are the MNIST recipe's; the same loop, schedule, checkpoints and
-metrics run it (common/param_server.py). Needs an MPI launch (not horovodrun --gloo).
+metrics run it (common/strategies/param_server.py). Needs an MPI launch (not horovodrun --gloo).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from common.config.core import parse_config
+from common.config import parse_config
 from common.config.strategies import ServerConfig
 from common.faults.ending import run_main
 from common.loop.trainer import fit

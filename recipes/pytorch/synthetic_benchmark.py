@@ -2,8 +2,8 @@
 
 Run:  horovodrun -np 2 python recipes/pytorch/synthetic_benchmark.py --model resnet50
 
-The core's train step (common/torch_backend.py) on one random batch, timed as Horovod's own
-benchmark does it (common/benchmark.py): warm-up batches, then --num-iters timed iterations of
+The core's train step (common/frameworks/torch_backend.py) on one random batch, timed as Horovod's own
+benchmark does it (common/monitor/benchmark.py): warm-up batches, then --num-iters timed iterations of
 --num-batches-per-iter batches; images/s per worker and summed over workers, mean and 95%
 interval, with --metrics-file a JSON record of type "benchmark".
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from common.config.core import core_parser, parse_config
+from common.config import core_parser, parse_config
 from common.faults.ending import run_main
 from common.frameworks.torch_backend import TorchBackend, distributed_optimizer, init
 from common.monitor import benchmark

@@ -4,7 +4,7 @@ Run:  horovodrun -np 4 --min-np 2 --max-np 8 --host-discovery-script ./discover_
           python recipes/tensorflow/elastic_keras_mnist.py
 
 The same recipe as recipes/tensorflow/keras_mnist.py, with ``model.fit`` under the core's
-elastic mode (common/elastic.py): weights, optimizer state and the run's position are
+elastic mode (common/loop/elastic.py): weights, optimizer state and the run's position are
 committed every --commit-steps steps and at each epoch end. After a worker fails or hosts
 change, the survivors roll back to the last commit and fit again on the new world: LR target
 rescaled, data re-sharded, exact metric averaging over the new ranks. The interrupted epoch
@@ -17,7 +17,7 @@ import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported
 
-from common.config.core import ConfigError, parse_config  # noqa: E402
+from common.config import ConfigError, parse_config  # noqa: E402
 from common.config.strategies import ElasticConfig  # noqa: E402
 from common.faults.ending import run_main  # noqa: E402
 from common.frameworks.tf_backend import init  # noqa: E402

@@ -6,7 +6,7 @@ Run on 2 workers:    horovodrun -np 2 python recipes/tensorflow/keras_mnist.py
 ``model.fit`` through tf-keras (this recipe sets ``TF_USE_LEGACY_KERAS=1`` before TensorFlow
 loads) with Horovod's Keras ``DistributedOptimizer``; one core callback drives the same trainer
 as the custom loops (LR schedule, exact metric averaging, checkpoints, output;
-common/keras_fit.py). Resumes at epoch boundaries.
+common/loop/keras_fit.py). Resumes at epoch boundaries.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported
 
-from common.config.core import parse_config  # noqa: E402
+from common.config import parse_config  # noqa: E402
 from common.data.datasets import load_mnist_or_digits  # noqa: E402
 from common.faults.ending import run_main  # noqa: E402
 from common.frameworks.tf_backend import TFBackend, init, tf  # noqa: E402

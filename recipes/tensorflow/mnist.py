@@ -5,14 +5,14 @@ Run on 2 workers:    horovodrun -np 2 python recipes/tensorflow/mnist.py
 Real MNIST:          ... --data-dir DIR   (train-/t10k- images/labels IDX files, plain or .gz)
 
 Same data, flags, sharding, LR schedule, checkpoints, output and training loop
-(common/trainer.py) as recipes/pytorch/mnist.py. The train step is a tf.function with Horovod's
-DistributedGradientTape (common/tf_backend.py). Variables are broadcast from rank 0 once the
+(common/loop/trainer.py) as recipes/pytorch/mnist.py. The train step is a tf.function with Horovod's
+DistributedGradientTape (common/frameworks/tf_backend.py). Variables are broadcast from rank 0 once the
 optimizer is built, before the first step.
 """
 
 from __future__ import annotations
 
-from common.config.core import parse_config
+from common.config import parse_config
 from common.data.datasets import load_mnist_or_digits
 from common.faults.ending import run_main
 from common.frameworks.tf_backend import TFBackend, init, tf

@@ -2,9 +2,9 @@
 
 Run:  horovodrun -np 2 python recipes/tensorflow/synthetic_benchmark.py --model ResNet50
 
-The same measurement and output as recipes/pytorch/synthetic_benchmark.py (common/benchmark.py)
+The same measurement and output as recipes/pytorch/synthetic_benchmark.py (common/monitor/benchmark.py)
 through the core's tf.function train step with Horovod's DistributedGradientTape
-(common/tf_backend.py): images/s per worker and summed over workers, mean and 95% interval,
+(common/frameworks/tf_backend.py): images/s per worker and summed over workers, mean and 95% interval,
 with --metrics-file a JSON record of type "benchmark".
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.config.core import ConfigError, core_parser, parse_config
+from common.config import ConfigError, core_parser, parse_config
 from common.data.datasets import ImageDataset
 from common.faults.ending import run_main
 from common.frameworks.tf_backend import TFBackend, init, tf

@@ -9,6 +9,7 @@ from common.checkpoint.manager import CheckpointManager
 from common.config.core import TrainConfig
 from common.faults.ending import run_main
 from common.frameworks.torch_backend import TorchBackend, init
+from common.loop.state import LoopState
 from recipes.pytorch.mnist import RECIPE
 
 
@@ -19,7 +20,7 @@ def main():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     data = torch.utils.data.TensorDataset(torch.zeros(4, 64), torch.zeros(4, dtype=torch.long))
     backend = TorchBackend(rt, cfg, model, opt, F.cross_entropy, data, data)
-    CheckpointManager(backend, cfg, RECIPE).save(1, 10)
+    CheckpointManager(backend, cfg, RECIPE).save(LoopState(epoch=1, step=10).state_dict())
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Tests of common/doctor.py as a user runs it: this build's report, a planted mismatched mpirun, no
+"""Tests of common/launch/doctor.py as a user runs it: this build's report, a planted mismatched mpirun, no
 mpirun, only its report on screen."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The first screen of every documented launch shows only what the recipe says: no TensorFlow start-up
-lines, no launcher tags on rank 0's output (common/quiet.py); HOROVOD_RECIPES_RAW_OUTPUT=1 shows
+lines, no launcher tags on rank 0's output (common/world/quiet.py); HOROVOD_RECIPES_RAW_OUTPUT=1 shows
 everything."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests of common/launch.py on real jobs: a signal to hvd-launch, or a horovodrun that dies, stops
+"""Tests of common/launch/hvd_launch.py on real jobs: a signal to hvd-launch, or a horovodrun that dies, stops
 every worker at a checkpoint."""
 
 from __future__ import annotations

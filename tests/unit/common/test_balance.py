@@ -1,4 +1,4 @@
-"""Tests of common/balance.py: the per-epoch load-balance verdict from every rank's times."""
+"""Tests of common/monitor/balance.py: the per-epoch load-balance verdict from every rank's times."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of common/build_checks.py: Horovod's build answers kept per installed file, asked again
+"""Tests of common/world/build_checks.py: Horovod's build answers kept per installed file, asked again
 when a file changes, never kept for the machine-dependent or failed checks."""
 
 from __future__ import annotations

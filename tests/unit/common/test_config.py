@@ -177,3 +177,54 @@ def test_a_strategy_refuses_core_flags_it_has_no_use_for():
 def test_stall_timeout_flag_is_validated(value):
     with pytest.raises(ConfigError, match="--stall-timeout"):
         TrainConfig.from_flags(stall_timeout=float(value)).validate()
+
+
+def _declared_flags() -> dict[str, list[str]]:
+    """Every flag of the core and the strategies' configs -> the config classes declaring it."""
+    import dataclasses
+
+    from common.config import strategies
+    from common.config.core import _COMPONENTS
+
+    found: dict[str, list[str]] = {}
+    kinds = [*_COMPONENTS.values(), strategies.ElasticConfig, strategies.PipelineConfig,
+             strategies.ServerConfig]
+    for kind in kinds:
+        for f in dataclasses.fields(kind):
+            assert "flag" in f.metadata, f"{kind.__name__}.{f.name} is not declared with flag()"
+            found.setdefault("--" + f.name.replace("_", "-"), []).append(kind.__name__)
+    return found
+
+
+def test_each_flag_is_declared_once():
+    """One field per flag, and no hand-written add_argument of it anywhere in the core or the
+    recipes: its help, default, section and check come from that field alone."""
+    import ast
+    from pathlib import Path
+
+    declared = _declared_flags()
+    assert {k: v for k, v in declared.items() if len(v) > 1} == {}
+    root = Path(__file__).resolve().parents[3]
+    written = []
+    for path in sorted([*root.glob("common/**/*.py"), *root.glob("recipes/**/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument"
+                    and node.args and isinstance(node.args[0], ast.Constant)
+                    and node.args[0].value in declared):
+                written.append(f"{path.relative_to(root)}:{node.lineno} {node.args[0].value}")
+    assert written == []
+    # The parser's flags are exactly the declared ones (and --no-progress for progress).
+    parser = core_parser("test", kfold=True)
+    options = {o for a in parser._actions for o in a.option_strings} - {"-h", "--help", "--config"}
+    core = {k for k, v in declared.items() if not set(v) & {"ElasticConfig", "PipelineConfig",
+                                                            "ServerConfig"}}
+    assert options == (core - {"--progress"}) | {"--no-progress"}
+
+
+def test_a_field_check_names_its_flag():
+    from common.config.core import RunConfig
+
+    with pytest.raises(ConfigError, match=r"^--data-workers must be >= 0$"):
+        RunConfig(data_workers=-1).validate()
+    with pytest.raises(ConfigError, match=r"^--stop-signals: 'NOPE' is not a signal"):
+        RunConfig(stop_signals=("NOPE",)).validate()

@@ -1,4 +1,4 @@
-"""Tests of common/data.py: sharding (disjoint, covering, reshuffled per epoch), folds, the MNIST IDX
+"""Tests of common/data/datasets.py: sharding (disjoint, covering, reshuffled per epoch), folds, the MNIST IDX
 and CIFAR-10 readers."""
 
 import pickle

@@ -1,4 +1,4 @@
-"""common/doctor.py in this process: importing it changes nothing around it (its report is tested
+"""common/launch/doctor.py in this process: importing it changes nothing around it (its report is tested
 as a user runs it, in tests/jobs/launch/test_doctor.py)."""
 
 from __future__ import annotations

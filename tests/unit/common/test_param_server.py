@@ -1,4 +1,4 @@
-"""Tests of common/param_server.py in one process: how parameters are sharded over servers."""
+"""Tests of common/strategies/param_server.py in one process: how parameters are sharded over servers."""
 
 from __future__ import annotations
 

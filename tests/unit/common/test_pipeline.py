@@ -1,4 +1,4 @@
-"""Tests of common/pipeline.py in one process: how a model is cut into stages."""
+"""Tests of common/strategies/pipeline.py in one process: how a model is cut into stages."""
 
 from __future__ import annotations
 

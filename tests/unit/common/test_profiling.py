@@ -1,4 +1,4 @@
-"""Tests of common/profiling.py: the timeline summary read from a written timeline, the autotuner's
+"""Tests of common/monitor/profiling.py: the timeline summary read from a written timeline, the autotuner's
 choice from its log, the flags."""
 
 from __future__ import annotations

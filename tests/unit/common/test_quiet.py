@@ -1,4 +1,4 @@
-"""Tests of common/quiet.py in one process: which start-up lines are noise, the caught descriptor 2,
+"""Tests of common/world/quiet.py in one process: which start-up lines are noise, the caught descriptor 2,
 the mpirun command without tags."""
 
 from __future__ import annotations

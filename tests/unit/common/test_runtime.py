@@ -1,4 +1,4 @@
-"""Tests of common/runtime.py: the runtime settings the core chooses, the launcher's local size, the
+"""Tests of common/world/runtime.py: the runtime settings the core chooses, the launcher's local size, the
 cgroup CPU quota."""
 
 from __future__ import annotations

@@ -262,3 +262,46 @@ def test_rollbacks_that_do_not_help_end_in_the_divergence_error(tmp_path):
     # (keep-3 rotation at the one unvouched save may have dropped the oldest).
     assert kept.items() <= good.items() and "ckpt-e00001-s000000005.pkl" in kept
     assert (tmp_path / "ckpt" / "ckpt-e00001-s000000006.pkl.diverged").exists()
+
+
+def test_loop_state_is_saved_and_loaded_whole():
+    from common.loop.state import LoopState
+
+    s = LoopState(epoch=2, step=31, samples_done=64, checkpoint="c", checked_step=30,
+                  lr_factor=0.5, rollbacks=1, loss_reference=2.5)
+    back = LoopState()
+    back.load_state_dict(s.state_dict())
+    assert back == s
+    partial = s.state_dict()
+    del partial["lr_factor"]
+    with pytest.raises(KeyError):  # a position missing a field is refused, not half-loaded
+        LoopState().load_state_dict(partial)
+
+
+def test_an_elastic_commit_holds_the_loop_state_and_the_model(tmp_path):
+    from common.loop.elastic import ElasticState
+    from common.loop.trainer import Trainer
+
+    cfg = config(tmp_path)
+    trainer = Trainer(NumpyBackend(cfg), cfg, "test")
+    trainer.state.step, trainer.state.samples_done = 3, 24
+    trainer.backend.w[:] = 1.0
+    committed = ElasticState(trainer)  # commits at once
+    trainer.state.step, trainer.state.lr_factor = 7, 0.5
+    trainer.backend.w[:] = 2.0
+    committed.restore()
+    assert (trainer.state.step, trainer.state.samples_done, trainer.state.lr_factor) == (3, 24, 1.0)
+    assert np.all(trainer.backend.w == 1.0)
+
+
+def test_elastic_mode_without_a_world_change_trains_as_the_plain_loop(tmp_path):
+    from common.config.strategies import ElasticConfig
+
+    plain = NumpyBackend(config(tmp_path / "a"))
+    fit(plain, config(tmp_path / "a"), "test")
+    elastic = NumpyBackend(config(tmp_path / "b"))
+    fit(elastic, config(tmp_path / "b", on_divergence="stop"), "test",
+        elastic=ElasticConfig(commit_steps=2))
+    assert np.array_equal(plain.w, elastic.w)
+    assert [r["train_loss"] for r in epoch_records(tmp_path / "a")] == [
+        r["train_loss"] for r in epoch_records(tmp_path / "b")]
