@@ -34,6 +34,7 @@ def mnist_parser(description: str, recipe: str):
 
 
 def run_dirs(recipe: str) -> dict[str, str]:
-    """A recipe's default checkpoint folder and metrics file."""
-    folder = RUN_FOLDERS[recipe]
+    """A recipe's default checkpoint folder and metrics file: under ``runs/<recipe>`` for any
+    recipe name (the shipped recipes keep their older folders)."""
+    folder = RUN_FOLDERS.get(recipe, f"runs/{recipe}")
     return {"checkpoint_dir": f"{folder}/checkpoints", "metrics_file": f"{folder}/metrics.jsonl"}

@@ -18,6 +18,7 @@ import horovod.torch as hvd
 import numpy as np
 import torch
 
+from common.base.errors import UserError
 from common.base.files import CheckpointError, verified, with_checksum
 from common.config.core import TrainConfig
 from common.faults.watchdog import beat
@@ -131,6 +132,16 @@ def counters(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor,
     return torch.cat(parts)
 
 
+def require_distributed(optimizer: torch.optim.Optimizer, workers: int) -> None:
+    """UserError, alike on every rank, for an optimizer that would not average the gradients
+    over the workers: each would train a model of its own and the run would look fine."""
+    if not callable(getattr(optimizer, "synchronize", None)):
+        raise UserError(f"the optimizer ({type(optimizer).__name__}) is not Horovod's "
+                        f"DistributedOptimizer, so each of the {workers} workers would train a "
+                        "model of its own; wrap it: optimizer = distributed_optimizer(optimizer, "
+                        "model, cfg) (common.frameworks.torch_backend)")
+
+
 class TorchBackend(Backend):
     """A PyTorch model, its Horovod DistributedOptimizer, loss and datasets, for the core.
 
@@ -140,11 +151,16 @@ class TorchBackend(Backend):
 
     checkpoint_suffix = "pt"
     hvd = hvd
+    # The recipe's optimizer averages the gradients (Horovod's DistributedOptimizer); the
+    # strategies that move gradients themselves (pipeline, parameter servers) say False.
+    averages_gradients = True
 
     def __init__(self, rt: Runtime, cfg: TrainConfig, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, loss_fn: Callable, train_set, val_set,
                  topk: tuple[int, ...] = (1,), num_classes: int = 0,
                  val_batch_size: int = 256) -> None:
+        if self.averages_gradients and rt.size > 1:
+            require_distributed(optimizer, rt.size)
         super().__init__(rt, cfg, model, optimizer, loss_fn, len(train_set), len(val_set), topk,
                          num_classes, val_batch_size)
         self.precision = Precision(cfg.run.amp, self.device)

@@ -31,6 +31,7 @@ from common.frameworks.tf_backend import (
 
 import horovod.tensorflow.keras as hvd_keras  # isort: skip
 
+from common.base.errors import UserError
 from common.config.core import TrainConfig
 from common.config.strategies import ElasticConfig
 from common.faults.watchdog import beat
@@ -138,7 +139,7 @@ def _fit_epochs(t: Trainer, on_step: Callable[[bool], None] | None) -> None:
                     "restarts")
         t.state.step, t.state.samples_done = t.state.epoch * t.n_steps, 0
         t.epoch_sums = None
-    if t.state.epoch >= t.cfg.run.epochs:
+    if t.done:
         return
     batch = t.cfg.run.batch_size
     ds = None
@@ -155,4 +156,12 @@ def fit(backend: TFBackend, cfg: TrainConfig, recipe: str,
         recipe_args: dict[str, Any] | None = None, describe: str = "",
         elastic: ElasticConfig | None = None) -> dict[str, Any]:
     """``common.loop.trainer.fit`` for a compiled tf-keras model: train with ``model.fit``."""
+    workers = backend.runtime().size
+    compiled = getattr(backend.model, "optimizer", None)
+    inner = getattr(compiled, "inner_optimizer", compiled)  # a LossScaleOptimizer wraps it
+    if workers > 1 and not callable(getattr(inner, "_allreduce", None)):
+        raise UserError(f"the model is compiled with an optimizer ({type(inner).__name__}) that "
+                        f"is not Horovod's, so each of the {workers} workers would train a model "
+                        "of its own; compile it with distributed_optimizer(optimizer, cfg) "
+                        "(common.loop.keras_fit)")
     return trainer.fit(backend, cfg, recipe, recipe_args, describe, elastic, run_epochs=_fit_epochs)

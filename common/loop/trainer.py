@@ -173,7 +173,7 @@ class Trainer:
 
         ``on_step(epoch_end)`` runs after every step and epoch (elastic commits)."""
         b, run = self.backend, self.cfg.run
-        while self.state.epoch < run.epochs:
+        while not self.done:
             self.trained = True
             local = self.epoch_sums or MetricSums(b.train_layout)
             self.epoch_sums = None
@@ -332,12 +332,22 @@ class Trainer:
             except Rollback as why:
                 self.roll_back(why)
 
+    @property
+    def done(self) -> bool:
+        """Nothing left to train: every epoch done, or ``--max-steps`` steps in all."""
+        max_steps = self.cfg.run.max_steps
+        return self.state.epoch >= self.cfg.run.epochs or (
+            max_steps is not None and self.state.step >= max_steps)
+
     def final(self) -> dict[str, Any]:
         """The final record; a run that had nothing left to train reports the restored model."""
-        if not self.trained and self.state.epoch >= self.cfg.run.epochs:
+        if not self.trained and self.done:
             self.val_sums = self.backend.evaluate().global_sums(self.backend.allreduce_sum)
-            self.out.print(f"already trained to step {self.state.step} ({self.state.checkpoint}); "
-                           "nothing to do")
+            run = self.cfg.run
+            reached = (f"all {run.epochs} epochs" if self.state.epoch >= run.epochs
+                       else f"--max-steps {run.max_steps}")
+            self.out.print(f"already trained: {reached} done ({self.state.checkpoint}); nothing "
+                           "to do (to train afresh, give another --checkpoint-dir)")
         stats = self.backend.run_stats()
         found = profiling.finish(getattr(self.backend, "hvd", None), self.cfg.profiling, self.rt.is_root,
                                  self.timeline, self.cfg.output.metrics_file)

@@ -96,6 +96,8 @@ class ParameterServerBackend(SpreadState, TorchBackend):
     servers' (elementwise) optimizer.
     """
 
+    averages_gradients = False  # the strategy moves and averages gradients itself
+
     def __init__(self, rt: Runtime, cfg: TrainConfig, sc: ServerConfig, roles: Roles, comm,
                  model: nn.Module, make_optimizer: Callable[[list], torch.optim.Optimizer],
                  loss_fn: Callable, train_set, val_set, num_classes: int = 0) -> None:

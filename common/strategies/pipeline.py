@@ -129,6 +129,8 @@ class PipelineBackend(SpreadState, TorchBackend):
     keeps its stage's layers. ``make_optimizer(params)``: the plain optimizer of a stage.
     """
 
+    averages_gradients = False  # the strategy moves and averages gradients itself
+
     def __init__(self, rt: Runtime, cfg: TrainConfig, pc: PipelineConfig, layout: PipelineLayout,
                  stage_set, comm, model: nn.Sequential,
                  make_optimizer: Callable[[list], torch.optim.Optimizer], loss_fn: Callable,

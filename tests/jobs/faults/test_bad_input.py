@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support import (
     HELPERS,
     MNIST,
@@ -64,3 +66,19 @@ def test_adasum_under_gloo_is_a_one_line_error_before_training(tmp_path):
                       "--gloo): this Horovod runs Adasum over MPI, or over NCCL on GPUs, not "
                       "over Gloo"] * 2, proc.stderr[-3000:]
     assert not (tmp_path / "m.jsonl").exists()  # nothing trained
+
+
+@pytest.mark.parametrize("framework", ["pytorch", "keras"])
+def test_a_recipe_without_its_distributed_line_is_refused_on_every_rank(tmp_path, framework):
+    """Without Horovod's optimizer each worker would train a model of its own, exit 0 and save
+    rank 0's: the core refuses it, one line from each rank (an MPI launch waits for both to say
+    it), before any step."""
+    proc = mpirun(2, [HELPERS / "forgotten_distributed_line.py", framework, "--checkpoint-dir",
+                      tmp_path / "ckpt", "--metrics-file", tmp_path / "m.jsonl"], cwd=tmp_path,
+                  check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines()
+              if "error:" in line and "is not Horovod's" in line and "distributed_optimizer(" in line]
+    assert len(errors) == 2, proc.stderr[-3000:]  # one line from each rank
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "ckpt").glob("ckpt-*")) and not (tmp_path / "m.jsonl").exists()

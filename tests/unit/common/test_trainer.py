@@ -305,3 +305,17 @@ def test_elastic_mode_without_a_world_change_trains_as_the_plain_loop(tmp_path):
     assert np.array_equal(plain.w, elastic.w)
     assert [r["train_loss"] for r in epoch_records(tmp_path / "a")] == [
         r["train_loss"] for r in epoch_records(tmp_path / "b")]
+
+
+def test_max_steps_counts_steps_in_all_on_a_rerun(tmp_path, capsys):
+    """--max-steps 5 run twice: the second run resumes at step 5 and trains nothing more."""
+    first = NumpyBackend(config(tmp_path, max_steps=5))
+    assert fit(first, config(tmp_path, max_steps=5), "test")["step"] == 5
+    capsys.readouterr()
+    again = NumpyBackend(config(tmp_path, max_steps=5))
+    record = fit(again, config(tmp_path, max_steps=5), "test")
+    said = capsys.readouterr()
+    assert "already trained: --max-steps 5 done (" in said.out + said.err
+    assert record["step"] == 5
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("ckpt-*"))[-1].endswith("s000000005.pkl")
+    assert np.array_equal(first.w, again.w)
