@@ -16,8 +16,6 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from common.base.errors import UserError
 
 
@@ -46,6 +44,8 @@ class CorruptCheckpoint(ValueError):
 def content_digest(value: Any) -> str:
     """SHA-256 of a checkpoint's content: nested dicts (keys sorted), lists and tuples (alike),
     arrays and tensors (dtype, shape and bytes), and other values by ``repr``."""
+    import numpy as np  # here, not at the top: the horovodrun wrapper writes files without it
+
     h = hashlib.sha256()
 
     def text(v: Any) -> None:  # length-prefixed, so [1, 2] and [12] differ

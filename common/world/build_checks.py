@@ -18,10 +18,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from common.base.files import atomic_write
 
 CACHE_ENV = "HOROVOD_RECIPES_CACHE"
 KEPT = {"built", "built with MPI", "built with Gloo", "built with NCCL", "built with DDL",
@@ -63,11 +64,7 @@ def _read(path: Path) -> dict:
 def _write(path: Path, entries: dict) -> None:
     """Atomically; a cache that cannot be written is simply not kept."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(entries, f, indent=1)
-        os.replace(tmp, path)
+        atomic_write(str(path), lambda f: json.dump(entries, f, indent=1), mode="w")
     except OSError:
         pass
 
