@@ -180,7 +180,7 @@ kill_worker() {
   local out
   out="$(launch "$launcher $HOSTS $args")" || true
   echo "$out" | show "^(resumed|final)"
-  grep -qE "^resumed from .*\(epoch ([3-9]|[1-5][0-9]), " <<<"$out" \
+  grep -qE "^resumed from .*\(([3-9]|[1-5][0-9]) epoch\(s\)" <<<"$out" \
     || { echo "$out" | tail -20; fail "$name: the rerun did not resume from a checkpoint of epoch 3 to 59"; }
   grep -q "^final: val accuracy .* on 2 worker(s)" <<<"$out" || fail "$name: the resumed run did not finish"
   rm -f "$log"

@@ -2,8 +2,9 @@
 
 The MNIST recipes (PyTorch, TF custom loop, Keras, both elastic ones) share one set of
 hyper-parameters, so every framework trains the same run for the same flags. Each recipe's
-default checkpoint folder and metrics file are under ``runs/``; the folder names predate the
-recipes' current names and are kept so that existing runs still resume by default.
+default run folder (``--run-dir``: checkpoints, metrics, config.yaml) is under ``runs/``; the
+shipped recipes' folder names predate their current names and are kept so that existing runs
+still resume by default.
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ def mnist_parser(description: str, recipe: str):
     """The core parser of an MNIST-family recipe: its hyper-parameters, folders and K-fold flags."""
     from common.config import core_parser
 
-    return core_parser(description, kfold=True, **MNIST_DEFAULTS, **run_dirs(recipe))
+    return core_parser(description, kfold=True, data=True, **MNIST_DEFAULTS, **run_dirs(recipe))
 
 
 def run_dirs(recipe: str) -> dict[str, str]:
-    """A recipe's default checkpoint folder and metrics file: under ``runs/<recipe>`` for any
-    recipe name (the shipped recipes keep their older folders)."""
-    folder = RUN_FOLDERS.get(recipe, f"runs/{recipe}")
-    return {"checkpoint_dir": f"{folder}/checkpoints", "metrics_file": f"{folder}/metrics.jsonl"}
+    """A recipe's default ``--run-dir``: ``runs/<recipe>`` for any recipe name (the shipped
+    recipes keep their older folders)."""
+    return {"run_dir": RUN_FOLDERS.get(recipe, f"runs/{recipe}")}

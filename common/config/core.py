@@ -82,10 +82,11 @@ class RunConfig(FlagConfig):
         check=at_least(1), type=int)
     data_dir: str | None = flag(
         None, "directory with the recipe's dataset files (default: offline data)",
-        section=TRAINING, check=_directory)
+        section=TRAINING, check=_directory, opt_in="data")
     data_workers: int = flag(
         0, "DataLoader worker processes per rank (0: load in the training process)",
-        section=TRAINING, check=lambda v: None if v >= 0 else "must be >= 0", type=int)
+        section=TRAINING, check=lambda v: None if v >= 0 else "must be >= 0", type=int,
+        opt_in="data")
     amp: bool = flag(False, "automatic mixed precision on CUDA (bf16, or fp16 with a grad "
                      "scaler); ignored with a notice on CPU", section=TRAINING)
     threads_per_worker: int | None = flag(
@@ -97,11 +98,11 @@ class RunConfig(FlagConfig):
         "--folds N: group k trains fold k)", section=GRADIENTS, check=at_least(1), type=int)
     folds: int | None = flag(
         None, "K-fold cross-validation: split the training set into K folds, train on K-1 and "
-        "validate on --fold I; outputs go to fold<I>/ folders", section=TRAINING, opt_in=True,
+        "validate on --fold I; outputs go to fold<I>/ folders", section=TRAINING, opt_in="kfold",
         type=int, metavar="K")
     fold: int | None = flag(
         None, "the fold (0..K-1) to validate on with --folds K; or give --mpi-groups K instead "
-        "to train every fold at once and get a summary", section=TRAINING, opt_in=True, type=int,
+        "to train every fold at once and get a summary", section=TRAINING, opt_in="kfold", type=int,
         metavar="I")
     divergence_factor: float = flag(
         1000.0, "stop when the loss exceeds this many times the run's first step's loss (0: "
@@ -257,14 +258,24 @@ class CheckpointConfig(FlagConfig):
 
 @dataclass(frozen=True)
 class OutputConfig(FlagConfig):
-    """What rank 0 writes besides checkpoints: the metrics file, TensorBoard, the progress bar."""
+    """What rank 0 writes besides checkpoints: the run folder, the metrics file, TensorBoard,
+    progress."""
 
+    run_dir: str | None = flag(
+        None, "the run's folder: checkpoints/ (with config.yaml) and metrics.jsonl go here "
+        "unless --checkpoint-dir or --metrics-file say otherwise; a new folder starts a new run",
+        section=OUTPUT, check=_not_a_file, metavar="DIR")
     metrics_file: str | None = flag(
         None, "JSON Lines summary: one record per epoch and a final record", section=OUTPUT)
     log_dir: str | None = flag(
         None, "TensorBoard scalars (loss, accuracy, LR, samples/s) from rank 0", section=OUTPUT)
-    progress: bool = flag(True, "no progress bar (one line per epoch only)", section=OUTPUT,
+    progress: bool = flag(True, "no progress (one line per epoch only)", section=OUTPUT,
                           negated=True)
+    progress_every: float = flag(
+        30.0, "seconds between rank 0's progress lines (step, loss, samples/s, ETA) when its "
+        "output is not a terminal, as under horovodrun or mpirun (a terminal gets a bar)",
+        section=OUTPUT, type=float, metavar="S",
+        check=lambda v: None if v > 0 else f"must be positive, got {v}")
 
 
 def _file_path(path: str | None) -> str | None:
@@ -308,14 +319,26 @@ class TrainConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     profiling: ProfilingConfig = field(default_factory=ProfilingConfig)
 
+    # The flags whose values differ from the recipe's defaults (``parse_config`` fills it): the
+    # printed ``config:`` line shows only these.
+    changed: tuple[str, ...] = field(default=(), compare=False)
+
     @classmethod
     def from_flags(cls, **values: Any) -> TrainConfig:
-        """A config from flag values by name (``batch_size=16``); the rest keep their defaults."""
+        """A config from flag values by name (``batch_size=16``); the rest keep their defaults.
+        ``--run-dir`` gives the checkpoint folder and the metrics file not given themselves
+        (``None``; an empty ``--checkpoint-dir`` stays off)."""
         parts: dict[str, dict[str, Any]] = {part: {} for part in _COMPONENTS}
         for name, value in values.items():
             if name not in _HOME:
                 raise TypeError(f"no core flag named {name!r}")
             parts[_HOME[name]][name] = value
+        run_dir = parts["output"].get("run_dir")
+        if run_dir:
+            if parts["checkpoint"].get("checkpoint_dir") is None:
+                parts["checkpoint"]["checkpoint_dir"] = os.path.join(run_dir, "checkpoints")
+            if parts["output"].get("metrics_file") is None:
+                parts["output"]["metrics_file"] = os.path.join(run_dir, "metrics.jsonl")
         return cls(**{part: kind(**values_of(kind, parts[part])) for part, kind in _COMPONENTS.items()})
 
     def validate(self) -> None:
@@ -357,6 +380,7 @@ class TrainConfig:
             self, checkpoint=dataclasses.replace(self.checkpoint,
                                                  checkpoint_dir=sub(self.checkpoint.checkpoint_dir)),
             output=dataclasses.replace(self.output, log_dir=sub(self.output.log_dir),
+                                       run_dir=sub(self.output.run_dir),
                                        metrics_file=sub(self.output.metrics_file, is_file=True)),
             profiling=dataclasses.replace(self.profiling,
                                           timeline_out=sub(self.profiling.timeline_out, is_file=True)))
@@ -412,11 +436,15 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see --help)")
 
 
-def core_parser(description: str, kfold: bool = False, **defaults: Any) -> argparse.ArgumentParser:
-    """A parser holding the core flags; ``defaults`` override TrainConfig's defaults per recipe.
+def core_parser(description: str, kfold: bool = False, data: bool = False,
+                **defaults: Any) -> argparse.ArgumentParser:
+    """A parser holding the core flags; ``defaults`` override TrainConfig's defaults per recipe
+    (``run_dir="runs/<recipe>"`` gives the run its folder).
 
-    ``kfold``: the recipe's data supports ``--folds`` / ``--fold`` (``common.data.folds``)."""
-    base = TrainConfig.from_flags(**defaults).as_dict()
+    ``kfold``: the recipe's data supports ``--folds`` / ``--fold`` (``common.data.folds``);
+    ``data``: the recipe reads its data from disk (``--data-dir``, ``--data-workers``)."""
+    TrainConfig.from_flags(**defaults)  # a TypeError for a name that is no core flag
+    base = dict(defaults)  # as given: --run-dir's folders are resolved after parsing
     p = _OneLineErrorParser(
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -424,7 +452,8 @@ def core_parser(description: str, kfold: bool = False, **defaults: Any) -> argpa
                    "flags (dashes or underscores); flags given on the command line override it")
     sections = {name: p.add_argument_group(name) for name in SECTIONS}
     for kind in _COMPONENTS.values():
-        add_flags(p, kind, base, sections, opt_in=kfold)
+        add_flags(p, kind, base, sections,
+                  opt_in=[group for group, on in (("kfold", kfold), ("data", data)) if on])
     return p
 
 
@@ -435,11 +464,15 @@ def parse_config(
     parser: argparse.ArgumentParser, argv: list[str] | None = None
 ) -> tuple[TrainConfig, argparse.Namespace]:
     """Parse flags (over an optional --config YAML file) into the core config and the recipe's args."""
+    recipe_defaults = {a.dest: a.default for a in parser._actions}
     first, _ = parser.parse_known_args(argv)
     if first.config:
         parser.set_defaults(**_read_yaml(first.config, parser))
     args = parser.parse_args(argv)
+    changed = tuple(k for k, v in vars(args).items()
+                    if k != "config" and v != recipe_defaults.get(k))
     cfg = TrainConfig.from_flags(**{k: getattr(args, k) for k in _HOME if hasattr(args, k)})
+    cfg = dataclasses.replace(cfg, changed=changed)
     cfg.validate()
     if cfg.run.mpi_groups > 1:
         cfg = cfg.for_group(mpi_group(cfg.run.mpi_groups)[0])
@@ -459,11 +492,24 @@ def _read_yaml(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path!r} must be a mapping of flag names to values")
     actions = {a.dest: a for a in parser._actions}
+    # Each flag's own spelling too: ``no-progress: true`` is ``progress: false``.
+    negated = {opt[2:].replace("-", "_"): a.dest for a in parser._actions
+               if isinstance(a, argparse._StoreFalseAction) for opt in a.option_strings}
     out = {}
     for key, value in data.items():
         dest = str(key).replace("-", "_")
         if dest in _INFORMATIONAL:  # written by save_resolved; describes the run, sets nothing
             continue
+        if dest in negated and dest not in actions:
+            if not isinstance(value, bool):
+                raise ConfigError(f"--config {path!r}: {key} must be true or false, got {value!r}")
+            dest, value = negated[dest], not value
+        if dest in _HOME and dest not in actions:  # a core flag this recipe does not show
+            kind = _COMPONENTS[_HOME[dest]]
+            default = {f.name: f.default for f in dataclasses.fields(kind)}[dest]
+            if value == default or (value == [] and default == ()):
+                continue  # the config.yaml of another recipe: it sets nothing here
+            raise ConfigError(f"--config {path!r}: {key} does not apply to this recipe")
         if dest not in actions or dest in ("help", "config"):
             raise ConfigError(f"--config {path!r}: unknown key {key!r}")
         kind = actions[dest].type

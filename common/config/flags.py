@@ -30,12 +30,12 @@ class Flag:
     section: str | None  # the --help section; None: the parser's own options
     check: Callable[[Any], str | None] | None = None
     argparse: dict[str, Any] = field(default_factory=dict)
-    opt_in: bool = False  # only in parsers that ask for it (``core_parser(kfold=True)``)
+    opt_in: str | None = None  # only in parsers that ask for this group (``core_parser(kfold=True)``)
     negated: bool = False  # a True default turned off by --no-<name>
 
 
 def flag(default: Any, help: str, *, section: str | None, check: Callable[[Any], str | None] | None = None,
-         opt_in: bool = False, negated: bool = False, **argparse_kwargs: Any) -> Any:
+         opt_in: str | None = None, negated: bool = False, **argparse_kwargs: Any) -> Any:
     """A dataclass field that is also the flag ``--<name-with-dashes>``."""
     spec = Flag(help, section, check, argparse_kwargs, opt_in, negated)
     if isinstance(default, list | tuple):
@@ -77,12 +77,13 @@ def check_fields(cfg: Any) -> None:
 
 
 def add_flags(parser: argparse.ArgumentParser, cls, defaults: dict[str, Any] | None = None,
-              sections: dict[str, Any] | None = None, opt_in: bool = False) -> None:
+              sections: dict[str, Any] | None = None, opt_in: Iterable[str] = ()) -> None:
     """Add the flags of config class ``cls`` to ``parser``, in their sections (created in the
-    order of ``sections`` when given, else as met); ``defaults`` override the fields' own."""
+    order of ``sections`` when given, else as met); ``defaults`` override the fields' own.
+    ``opt_in``: the groups of opt-in flags this parser shows (``"kfold"``, ``"data"``)."""
     sections = {} if sections is None else sections
     for f, spec in flags_of(cls):
-        if spec.opt_in and not opt_in:
+        if spec.opt_in and spec.opt_in not in opt_in:
             continue
         if spec.section is None:
             sections[None] = parser

@@ -23,15 +23,25 @@ class DataError(UserError):
 
 
 @dataclass(frozen=True)
-class ImageDataset:
-    """Images (N, H, W) as float32 in [0, 1] and integer labels (N,)."""
+class ArrayDataset:
+    """Inputs of any shape (N, ...) and their labels (N, ...) in memory, for both frameworks:
+    a table (N, features), sequences (N, T, F), images (N, H, W[, C]). ``TorchBackend`` and
+    ``TFBackend`` take it as it is; the model sees ``inputs[i]`` as one sample."""
 
-    images: np.ndarray
+    inputs: np.ndarray
     labels: np.ndarray
-    name: str
+    name: str = "arrays"
+
+    def __post_init__(self) -> None:
+        if len(self.inputs) != len(self.labels):
+            raise DataError(f"{self.name}: {len(self.inputs)} inputs but {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def with_channel(self) -> ArrayDataset:
+        """Grey images (N, H, W) as (N, H, W, 1), the layout Keras's conv layers take."""
+        return ArrayDataset(self.inputs[..., None], self.labels, self.name)
 
 
 def read_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -62,8 +72,8 @@ def load_digits_split(val_fraction: float = 0.2, split_seed: int = 0):
     order = np.random.default_rng(split_seed).permutation(len(labels))
     n_val = int(round(len(labels) * val_fraction))
     val, train = order[:n_val], order[n_val:]
-    return (ImageDataset(images[train], labels[train], "digits-train"),
-            ImageDataset(images[val], labels[val], "digits-val"))
+    return (ArrayDataset(images[train], labels[train], "digits-train"),
+            ArrayDataset(images[val], labels[val], "digits-val"))
 
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -124,7 +134,7 @@ def load_mnist_idx(data_dir: str):
         if labels.size and (labels.min() < 0 or labels.max() > 9):
             raise DataError(f"MNIST {split} labels in {data_dir!r} are outside 0..9")
         scale = 255.0 if images.dtype == np.uint8 else 1.0
-        out.append(ImageDataset((images / scale).astype(np.float32),
+        out.append(ArrayDataset((images / scale).astype(np.float32),
                                 labels.astype(np.int64), f"mnist-{split}"))
     return tuple(out)
 
@@ -141,12 +151,12 @@ def load_mnist_or_digits(data_dir: str | None, folds: int | None = None,
     return train, val
 
 
-def select_fold(data: ImageDataset, folds: int, fold: int) -> tuple[ImageDataset, ImageDataset]:
+def select_fold(data: ArrayDataset, folds: int, fold: int) -> tuple[ArrayDataset, ArrayDataset]:
     """``data`` split into K-fold fold ``fold``'s (training, validation) sets."""
     train, val = fold_indices(len(data), folds, fold)
     name = f"{data.name} fold {fold} of {folds}"
-    return (ImageDataset(data.images[train], data.labels[train], f"{name}: train"),
-            ImageDataset(data.images[val], data.labels[val], f"{name}: val"))
+    return (ArrayDataset(data.inputs[train], data.labels[train], f"{name}: train"),
+            ArrayDataset(data.inputs[val], data.labels[val], f"{name}: val"))
 
 
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))

@@ -20,10 +20,32 @@ from typing import Any
 import numpy as np
 
 from common.config.core import TrainConfig
+from common.config.flags import ConfigError, flag_name
 from common.data.sharding import shard_indices
 from common.monitor import profiling
 from common.monitor.metrics import MAX_CONFUSION_CLASSES, CounterLayout, MetricSums
 from common.world.runtime import Runtime, init_horovod, require_adasum_support
+
+
+def check_optimizer_flags(cfg: TrainConfig, kind: str, momentum: float | None,
+                          weight_decay: float | None) -> None:
+    """ConfigError, alike on every rank, when an optimizer flag would not act: the recipe's
+    optimizer (of class ``kind``) uses another momentum or weight decay than ``--momentum`` and
+    ``--weight-decay`` say, or has no momentum while ``--momentum`` was given. ``momentum`` /
+    ``weight_decay``: the optimizer's own (None: it has no such setting; the weight decay is
+    None where the core adds it to the gradients itself, as the TensorFlow backend does).
+    Each framework's ``sgd`` helper builds an optimizer from the flags."""
+    opt = cfg.optimizer
+    for name, want, have in (("momentum", opt.momentum, momentum),
+                             ("weight_decay", opt.weight_decay, weight_decay)):
+        if have is None:
+            if name == "momentum" and name in cfg.changed:
+                raise ConfigError(f"{flag_name(name)} {want:g} does not apply to {kind}, which "
+                                  "has no momentum")
+        elif abs(float(have) - want) > 1e-12 * max(1.0, abs(want)):
+            raise ConfigError(f"{flag_name(name)} is {want:g} but the recipe's {kind} uses "
+                              f"{float(have):g}: build it with the flag's value (cfg.optimizer."
+                              f"{name}), or with the core's sgd(...) helper")
 
 
 class Backend(abc.ABC):

@@ -41,7 +41,12 @@ with quiet_stderr():  # the start-up lines TF_CPP_MIN_LOG_LEVEL does not reach (
 from common.base.files import CHECKSUM_KEY, CheckpointError, content_digest, verified  # noqa: E402
 from common.config.core import ConfigError, TrainConfig  # noqa: E402
 from common.faults.watchdog import beat  # noqa: E402
-from common.frameworks.backend import Backend, placed, start_horovod  # noqa: E402
+from common.frameworks.backend import (  # noqa: E402
+    Backend,
+    check_optimizer_flags,
+    placed,
+    start_horovod,
+)
 from common.monitor.metrics import CounterLayout, MetricSums  # noqa: E402
 from common.world.runtime import Runtime, seed_host_rngs, worker_threads
 
@@ -82,6 +87,22 @@ def mixed_precision_policy(amp: bool, gpus: list) -> str | None:
 def seed_everything(seed: int) -> None:
     seed_host_rngs(seed)
     tf.random.set_seed(seed)
+
+
+def sgd(cfg: TrainConfig):
+    """The flags' Keras SGD (``--base-lr``, ``--momentum``); ``--weight-decay`` is added to the
+    averaged gradients by the core (:func:`with_weight_decay`)."""
+    return tf.keras.optimizers.SGD(cfg.schedule.base_lr, momentum=cfg.optimizer.momentum)
+
+
+def optimizer_momentum(optimizer) -> float | None:
+    """The momentum a Keras optimizer applies (None where it has none), through the wrappers
+    (Horovod's optimizer is a subclass; a LossScaleOptimizer holds the inner one)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    momentum = getattr(inner, "momentum", None)
+    if momentum is None or isinstance(momentum, bool):
+        return None
+    return float(momentum.numpy() if hasattr(momentum, "numpy") else momentum)
 
 
 def compression(cfg: TrainConfig):
@@ -194,7 +215,8 @@ class _ScalarWriter:
 
 
 class TFBackend(Backend):
-    """A Keras model, its optimizer, a loss and ImageDatasets (N, H, W), for the core.
+    """A Keras model, its optimizer, a loss and ArrayDatasets (inputs as the model takes them),
+    for the core.
 
     The optimizer is built here. For the custom loop it is a plain Keras optimizer (Horovod's
     tape averages the gradients); for ``model.fit`` it is Horovod's Keras DistributedOptimizer.
@@ -210,9 +232,7 @@ class TFBackend(Backend):
         super().__init__(rt, cfg, model, optimizer, loss_fn, len(train), len(val), topk,
                          num_classes, val_batch_size)
         self.train, self.val = train, val
-        # (N, H, W) grey images get their channel axis; (N, H, W, C) ones are used as they are.
-        self.images, self.val_images = (d.images[..., None] if d.images.ndim == 3 else d.images
-                                        for d in (train, val))
+        self.inputs, self.val_inputs = train.inputs, val.inputs
         self.policy = tf.keras.mixed_precision.global_policy().name
         if cfg.run.amp and self.policy == "float32":
             self.notices.append("--amp ignored: no GPU, training in fp32")
@@ -221,6 +241,8 @@ class TFBackend(Backend):
             # gradients overflow (model.fit wraps its own optimizer so).
             optimizer = self.optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
         refuse_two_weight_decays(optimizer, cfg.optimizer.weight_decay)
+        check_optimizer_flags(cfg, type(getattr(optimizer, "inner_optimizer", optimizer)).__name__,
+                              optimizer_momentum(optimizer), None)
         optimizer.build(model.trainable_variables)
         self._train_step = self._eval_step = None
 
@@ -298,7 +320,7 @@ class TFBackend(Backend):
     # --- training and evaluation ----------------------------------------------------------------
     def train_batches(self, epoch: int, samples_done: int):
         indices = self.train_indices(self.cfg.run.seed, epoch, samples_done)
-        return shard_dataset(self.images, self.train.labels, indices, self.samples_per_step)
+        return shard_dataset(self.inputs, self.train.labels, indices, self.samples_per_step)
 
     def set_lr(self, lr: float) -> None:
         self.optimizer.learning_rate.assign(lr)
@@ -356,7 +378,7 @@ class TFBackend(Backend):
             self._eval_step = eval_step
         idx = self.val_indices()
         total = tf.zeros(self.val_layout.size, tf.float64)  # on the device, read once
-        ds = tf.data.Dataset.from_tensor_slices((self.val_images[idx], self.val.labels[idx]))
+        ds = tf.data.Dataset.from_tensor_slices((self.val_inputs[idx], self.val.labels[idx]))
         for x, y in ds.batch(self.val_batch_size):
             total += self._eval_step(x, y)
             beat()

@@ -21,8 +21,9 @@ import torch
 from common.base.errors import UserError
 from common.base.files import CheckpointError, verified, with_checksum
 from common.config.core import TrainConfig
+from common.data.datasets import ArrayDataset
 from common.faults.watchdog import beat
-from common.frameworks.backend import Backend, placed, start_horovod
+from common.frameworks.backend import Backend, check_optimizer_flags, placed, start_horovod
 from common.frameworks.torch_data import sharded_loader
 from common.monitor.metrics import CounterLayout, MetricSums, StepTimes
 from common.monitor.output import tensorboard_without_tensorflow
@@ -67,6 +68,22 @@ def distributed_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Modu
         gradient_predivide_factor=g.gradient_predivide_factor,
         process_set=process_set or hvd.global_process_set,
     )
+
+
+def sgd(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The flags' SGD (``--base-lr``, ``--momentum``, ``--weight-decay``) over ``model``'s
+    parameters, already Horovod's DistributedOptimizer (:func:`distributed_optimizer`)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.schedule.base_lr,
+                                momentum=cfg.optimizer.momentum,
+                                weight_decay=cfg.optimizer.weight_decay)
+    return distributed_optimizer(optimizer, model, cfg)
+
+
+def optimizer_settings(optimizer: torch.optim.Optimizer) -> tuple[float | None, float | None]:
+    """The momentum and weight decay an optimizer applies (None where it has none): its
+    first parameter group's ``momentum`` (SGD, RMSprop) and ``weight_decay``."""
+    group = optimizer.param_groups[0] if optimizer.param_groups else {}
+    return group.get("momentum"), group.get("weight_decay")
 
 
 def allreduce_sum(values: np.ndarray) -> np.ndarray:
@@ -142,11 +159,18 @@ def require_distributed(optimizer: torch.optim.Optimizer, workers: int) -> None:
                         "model, cfg) (common.frameworks.torch_backend)")
 
 
+def as_tensors(data: ArrayDataset) -> torch.utils.data.TensorDataset:
+    """An in-memory ArrayDataset as torch tensors (shared with the arrays where they allow)."""
+    return torch.utils.data.TensorDataset(torch.from_numpy(np.ascontiguousarray(data.inputs)),
+                                          torch.from_numpy(np.ascontiguousarray(data.labels)))
+
+
 class TorchBackend(Backend):
     """A PyTorch model, its Horovod DistributedOptimizer, loss and datasets, for the core.
 
-    ``optimizer`` must already be Horovod's DistributedOptimizer (:func:`distributed_optimizer`);
-    ``topk`` and ``num_classes`` as for ``Backend``.
+    ``optimizer`` must already be Horovod's DistributedOptimizer (:func:`distributed_optimizer`,
+    or :func:`sgd` from the flags); ``train_set`` / ``val_set``: torch datasets, or
+    ``ArrayDataset``s (``common.data.datasets``); ``topk`` and ``num_classes`` as for ``Backend``.
     """
 
     checkpoint_suffix = "pt"
@@ -161,6 +185,10 @@ class TorchBackend(Backend):
                  val_batch_size: int = 256) -> None:
         if self.averages_gradients and rt.size > 1:
             require_distributed(optimizer, rt.size)
+        check_optimizer_flags(cfg, type(optimizer).__name__.removeprefix("_Distributed"),
+                              *optimizer_settings(optimizer))
+        if isinstance(train_set, ArrayDataset):
+            train_set, val_set = (as_tensors(d) for d in (train_set, val_set))
         super().__init__(rt, cfg, model, optimizer, loss_fn, len(train_set), len(val_set), topk,
                          num_classes, val_batch_size)
         self.precision = Precision(cfg.run.amp, self.device)

@@ -13,6 +13,7 @@ boundaries: a checkpoint written mid-epoch restarts its epoch.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 
 # First: TensorFlow is imported there, quietly (common.world.quiet); horovod.tensorflow.keras would
 # import it with its start-up lines.
+from common.frameworks import tf_backend
 from common.frameworks.tf_backend import (
     TFBackend,
     compression,
@@ -56,6 +58,22 @@ def distributed_optimizer(optimizer, cfg: TrainConfig):
         gradient_predivide_factor=g.gradient_predivide_factor)
 
 
+def sgd(cfg: TrainConfig):
+    """The flags' SGD (``--base-lr``, ``--momentum``, ``--weight-decay``), already Horovod's
+    Keras DistributedOptimizer: what ``model.compile(optimizer=...)`` takes."""
+    return distributed_optimizer(tf_backend.sgd(cfg), cfg)
+
+
+def compiled_backend(rt, cfg: TrainConfig, model, train, val, **kwargs) -> TFBackend:
+    """The TFBackend of a compiled model: its optimizer and loss are the ones given to
+    ``model.compile`` (each given once); ``kwargs`` as for TFBackend (``num_classes``, ...)."""
+    if getattr(model, "optimizer", None) is None or getattr(model, "loss", None) is None:
+        raise UserError("compile the model with an optimizer and a loss first: "
+                        "model.compile(optimizer=sgd(cfg), loss=..., metrics=['accuracy'])")
+    loss = model.loss if callable(model.loss) else tf.keras.losses.get(model.loss)
+    return TFBackend(rt, cfg, model, model.optimizer, loss, train, val, **kwargs)
+
+
 def _with_weight_decay(optimizer, weight_decay: float):
     """The optimizer, as a subclass that adds the L2 term to the gradients it applies. Horovod's
     optimizer subclasses it in turn, and calls it once per step with the averaged gradients."""
@@ -69,6 +87,26 @@ def _with_weight_decay(optimizer, weight_decay: float):
 
     cls = type(base.__name__, (base,), {"apply_gradients": apply_gradients})
     return cls.from_config(optimizer.get_config())
+
+
+def accuracy_key(logs) -> str | None:
+    """The key of the compiled accuracy metric in Keras's logs, whatever it was called
+    (``"accuracy"``, ``"acc"``, ``SparseCategoricalAccuracy()``'s ``sparse_categorical_accuracy``,
+    a name of the user's own ending in ``acc``/``accuracy``); None if none was compiled."""
+    names = [k for k in logs if k != "loss" and not k.startswith("val_")]
+    for name in names:
+        if name.endswith(("accuracy", "acc")) and "top" not in name:
+            return name
+    return None
+
+
+class _NotOurCallbackTiming(logging.Filter):
+    """Drops tf-keras's "Callback method ... is slow compared to the batch time" warning: the
+    core's one callback agrees stop signals with a collective after each step, which is slow
+    next to a small batch by design (the time is measured in the epoch's samples/s)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is slow compared to the batch time" not in record.getMessage()
 
 
 class TrainerCallback(keras.callbacks.Callback):
@@ -104,6 +142,9 @@ class TrainerCallback(keras.callbacks.Callback):
             return
         t.state.step += 1
         beat(t.state.step)
+        t.show_progress(self.batches // self.passes, lambda: float((logs or {}).get("loss", float("nan"))),
+                        self.batches * t.cfg.run.batch_size * t.rt.size
+                        / max(self.epoch_clock.elapsed, 1e-9))
         t.stop_if_signalled(lambda: self.epoch_sums(logs))
         max_steps = t.cfg.run.max_steps
         if max_steps is not None and t.state.step >= max_steps:
@@ -114,9 +155,10 @@ class TrainerCallback(keras.callbacks.Callback):
     def epoch_sums(self, logs) -> MetricSums:
         """This rank's sums of the epoch so far: Keras logs are its means over its samples."""
         logs, seen = logs or {}, self.batches * self.trainer.cfg.run.batch_size
+        key = accuracy_key(logs)
         return MetricSums(self.trainer.backend.train_layout,
                           [float(logs.get("loss", float("nan"))) * seen, seen,
-                           float(logs.get("accuracy", float("nan"))) * seen])
+                           float(logs[key]) * seen if key else float("nan")])
 
     def on_epoch_end(self, epoch, logs=None):
         t = self.trainer
@@ -144,12 +186,17 @@ def _fit_epochs(t: Trainer, on_step: Callable[[bool], None] | None) -> None:
     batch = t.cfg.run.batch_size
     ds = None
     for epoch in range(t.state.epoch, t.cfg.run.epochs):
-        part = shard_dataset(b.images, b.train.labels, b.train_indices(t.cfg.run.seed, epoch, 0),
+        part = shard_dataset(b.inputs, b.train.labels, b.train_indices(t.cfg.run.seed, epoch, 0),
                              batch)
         ds = part if ds is None else ds.concatenate(part)
-    b.model.fit(ds, epochs=t.cfg.run.epochs, initial_epoch=t.state.epoch,
-                steps_per_epoch=t.n_steps * t.cfg.gradients.batches_per_allreduce,
-                callbacks=[TrainerCallback(t, on_step)], verbose=0)
+    quiet = _NotOurCallbackTiming()
+    logging.getLogger("tensorflow").addFilter(quiet)
+    try:
+        b.model.fit(ds, epochs=t.cfg.run.epochs, initial_epoch=t.state.epoch,
+                    steps_per_epoch=t.n_steps * t.cfg.gradients.batches_per_allreduce,
+                    callbacks=[TrainerCallback(t, on_step)], verbose=0)
+    finally:
+        logging.getLogger("tensorflow").removeFilter(quiet)
 
 
 def fit(backend: TFBackend, cfg: TrainConfig, recipe: str,

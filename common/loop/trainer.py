@@ -30,6 +30,7 @@ steps (no ``hvd.join`` needed); validation keeps every sample and reduces sums o
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -57,6 +58,16 @@ from common.monitor.output import Reporter
 _BAR_REFRESH_S = 0.5
 
 
+def seconds_since_start() -> float | None:
+    """Seconds since this process started (imports and Horovod's start included), or None."""
+    try:
+        import psutil  # Horovod's own dependency
+
+        return time.time() - psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - a missing number, never a failed run
+        return None
+
+
 class Rollback(Exception):
     """Training diverged and ``--on-divergence rollback`` allows another try (every rank)."""
 
@@ -80,6 +91,8 @@ class Trainer:
         self.guard = DivergenceGuard(cfg.run.divergence_factor)
         self.signals = SignalWatch(cfg.run.stop_signals)
         self.wall_clock = Throughput()
+        self.progress_clock = Throughput()  # since the last progress line
+        self.epochs_run = 0  # epochs this process trained (the first includes start-up)
         self.timeline: str | None = None  # Horovod's timeline file (--timeline-out), once started
         self.enter_world()
 
@@ -145,6 +158,28 @@ class Trainer:
             self.out.resumed(s.epoch)
         return resume
 
+    @property
+    def total_steps(self) -> int:
+        """The run's last step: every epoch, or ``--max-steps`` if fewer."""
+        total = self.cfg.run.epochs * self.n_steps
+        return min(total, self.cfg.run.max_steps) if self.cfg.run.max_steps else total
+
+    def show_progress(self, step_in_epoch: int, loss: Callable[[], float],
+                      samples_per_sec: float) -> None:
+        """Rank 0's progress line when one is due (``--progress-every``; its output not a
+        terminal). ``loss()`` reads the epoch's running loss (a host sync: only then)."""
+        out = self.out
+        if not out.progress_lines or self.progress_clock.elapsed < out.progress_every:
+            return
+        self.progress_clock = Throughput()
+        done = self.state.step - self.first_step
+        per_step = self.wall_clock.elapsed / done if done else float("nan")
+        out.progress_line(epoch=self.state.epoch + 1, epochs=self.cfg.run.epochs,
+                          step_in_epoch=step_in_epoch, n_steps=self.n_steps, loss=loss(),
+                          samples_per_sec=samples_per_sec,
+                          epoch_eta=(self.n_steps - step_in_epoch) * per_step,
+                          run_eta=(self.total_steps - self.state.step) * per_step)
+
     def restore(self) -> None:
         """Resume from the newest checkpoint (a collective) and report the run's start."""
         resume = self._restore_position()
@@ -160,7 +195,8 @@ class Trainer:
                                describe=self.describe, n_steps=self.n_steps,
                                target_lr=self.schedule.target_lr, epoch=self.state.epoch,
                                step=self.state.step, checkpoint=self.state.checkpoint,
-                               replicas=self.backend.data_parallel()[1])
+                               replicas=self.backend.data_parallel()[1],
+                               steps_into_epoch=self.state.samples_done // self.step_samples)
         agree(not error, error, self.backend.broadcast_object)
 
     @property
@@ -201,6 +237,10 @@ class Trainer:
                 complete = b.steps_left(self.state.samples_done) == 0
                 stopping = run.max_steps is not None and self.state.step >= run.max_steps
                 bar.update()
+                self.show_progress(self.n_steps - b.steps_left(self.state.samples_done),
+                                   lambda counters=counters: MetricSums(
+                                       b.train_layout, b.read_counters(counters)).loss,
+                                   epoch_clock.rate(seen * b.data_parallel()[1]))
                 if self.out.progress and epoch_clock.elapsed - last_refresh > _BAR_REFRESH_S:
                     last_refresh = epoch_clock.elapsed
                     running = MetricSums(b.train_layout, b.read_counters(counters))
@@ -240,13 +280,15 @@ class Trainer:
         self.val_sums = b.evaluate().global_sums(b.allreduce_sum)
         if complete:
             self.state.epoch, self.state.samples_done = self.state.epoch + 1, 0
+        self.epochs_run += 1
         saved = None
         if self.policy.should_save(self.state.step, self.state.epoch, complete, stopping):
             saved = self.save(None if complete else local)
         self.out.epoch(epoch=number, epochs=self.cfg.run.epochs, step=self.state.step,
                        lr=self.lr(max(self.state.step - 1, 0)), train=self.train_sums,
                        val=self.val_sums, samples_per_sec=self.samples_per_sec,
-                       world_size=self.rt.size, elapsed=elapsed, checkpoint=saved, balance=balance)
+                       world_size=self.rt.size, elapsed=elapsed, checkpoint=saved, balance=balance,
+                       warmup=self.epochs_run == 1)
 
     def save(self, epoch_sums: MetricSums | None) -> str | None:
         """Checkpoint the loop's position (a collective; the divergence guard checks first);
@@ -268,8 +310,10 @@ class Trainer:
         saved = self.save(partial())
         where = (f"checkpoint: {saved}; run the same command to resume" if saved
                  else "no --checkpoint-dir, nothing saved")
-        self.out.print(f"stopped by {why} after step {self.state.step} (epoch {self.state.epoch + 1}); "
-                       f"{where}")
+        s = self.state
+        into = s.samples_done // self.step_samples if s.samples_done else 0
+        self.out.print(f"stopped by {why} after step {s.step} ({s.epoch} epoch(s)"
+                       + (f" and {into} step(s)" if into else "") + f" done); {where}")
         self.out.close()
         # No rank leaves before rank 0 has said so: mpirun ends the whole job at the first
         # rank's exit 75, which cut rank 0's line off when the other rank got out first.
@@ -347,7 +391,8 @@ class Trainer:
             reached = (f"all {run.epochs} epochs" if self.state.epoch >= run.epochs
                        else f"--max-steps {run.max_steps}")
             self.out.print(f"already trained: {reached} done ({self.state.checkpoint}); nothing "
-                           "to do (to train afresh, give another --checkpoint-dir)")
+                           "to do (to train afresh, give another --run-dir, or raise --epochs "
+                           "to train on)")
         stats = self.backend.run_stats()
         found = profiling.finish(getattr(self.backend, "hvd", None), self.cfg.profiling, self.rt.is_root,
                                  self.timeline, self.cfg.output.metrics_file)
@@ -359,7 +404,7 @@ class Trainer:
                               train=self.train_sums, val=self.val_sums,
                               samples_per_sec=self.samples_per_sec, world_size=self.rt.size,
                               wall=self.wall_clock.elapsed, checkpoint=self.state.checkpoint,
-                              stats={**stats, **found})
+                              stats={**stats, **found}, since_start=seconds_since_start())
 
 
 EpochRunner = Callable[[Trainer, Callable[[bool], None] | None], None]

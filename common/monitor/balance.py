@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 STRAGGLER_SPREAD = 1.25
 # The share of each rank's slowest steps left out of its epoch's times (see rank_times).
 PAUSE_TRIM = 0.1
+# Fewer steps than this per rank (after the trim) are too few to call a rank a straggler: in a
+# 4-step epoch one step of start-up or of the OS running something else is a quarter of it.
+MIN_STEPS_TO_JUDGE = 16
 
 # Test hook: "RANK:SECONDS" sleeps that long in RANK's data loading before every batch, to make
 # a straggler on purpose (tests/jobs/monitoring/test_balance.py); "*:SECONDS" slows every rank
@@ -157,7 +160,8 @@ def summarize(every: list[tuple], threshold: float = STRAGGLER_SPREAD) -> dict:
         "comm_s_per_step_by_rank": comms,
         "straggler": None,
     }
-    if len(busy) > 1 and spread > threshold:
+    judged = min(steps for _, steps, *_ in every) >= MIN_STEPS_TO_JUDGE
+    if len(busy) > 1 and spread > threshold and judged:
         fields["straggler"] = (f"rank {slow} on {host} is {spread:.1f}x slower than the median: "
                                f"{cause} {share:.0%} of its step")
     return fields

@@ -73,8 +73,11 @@ class Reporter:
         self.log_dir = output.log_dir if is_root and scalar_writer else None
         self._make_writer = scalar_writer
         self._writer = None
-        # A bar only makes sense on a terminal; logs get one line per epoch instead.
+        # A bar only makes sense on a terminal; elsewhere (horovodrun and mpirun pipe rank 0's
+        # output) a progress line every ``progress_every`` seconds.
         self.progress = output.progress and is_root and sys.stderr.isatty()
+        self.progress_lines = output.progress and is_root and not self.progress
+        self.progress_every = output.progress_every
         self._records: list[dict] = []
         if is_root and self.metrics_file:
             self._records = read_metrics(self.metrics_file)
@@ -110,42 +113,63 @@ class Reporter:
     def start(self, *, recipe: str, cfg, recipe_args: dict[str, Any] | None, world_size: int,
               notices: list[str], n_train: int, n_val: int, describe: str, n_steps: int,
               target_lr: float, epoch: int, step: int, checkpoint: str | None,
-              replicas: int | None = None) -> str:
-        """The start of a run: notices, the resolved config (printed once and saved as
-        config.yaml beside the checkpoints), the run's shape, and where it resumed from.
+              replicas: int | None = None, steps_into_epoch: int = 0) -> str:
+        """The start of a run: fresh or resumed from which checkpoint, notices, the settings
+        that differ from the recipe's defaults (the whole resolved config is saved as
+        config.yaml beside the checkpoints), the runtime settings of a multi-worker run, and
+        the run's shape.
 
         ``replicas``: the data-parallel copies, when not every worker is one (a pipeline).
         Returns rank 0's error writing config.yaml ('' if none), for the caller to agree on."""
+        folder = cfg.checkpoint.checkpoint_dir
+        if step:
+            into = f" and {steps_into_epoch} step(s)" if steps_into_epoch else ""
+            self.print(f"resumed from {checkpoint} ({epoch} epoch(s){into} done, step {step})")
+        else:
+            self.print("fresh run: " + (f"no checkpoint in {folder}" if folder else
+                                        "no --checkpoint-dir, nothing will be saved"))
         for notice in notices:
             self.print(f"note: {notice}")
         config = resolved(recipe, cfg, recipe_args or {}, world_size, SETTINGS)
-        self.print(f"config: {one_line(config)}")
-        if SETTINGS:
+        yaml_path = os.path.join(folder, "config.yaml") if folder else None
+        changed = {k: v for k, v in config.items() if k in cfg.changed}
+        where = f"; all of them in {yaml_path}" if yaml_path else ""
+        self.print(f"config: {one_line(changed)} (the rest: {recipe}'s defaults{where})" if changed
+                   else f"config: {recipe}'s defaults{where}")
+        if SETTINGS and world_size > 1:
             self.print(settings_line())
-        if self.is_root and cfg.checkpoint.checkpoint_dir:
-            path = os.path.join(cfg.checkpoint.checkpoint_dir, "config.yaml")
+        if self.is_root and yaml_path:
             try:
-                save_resolved(path, config)
+                save_resolved(yaml_path, config)
             except OSError as e:
-                return f"cannot write {path!r}: {e.strerror or e}"
+                return f"cannot write {yaml_path!r}: {e.strerror or e}"
         self.print(f"{recipe}: {n_train} train / {n_val} val samples{describe}, "
                    f"{world_size} worker(s)"
                    + (f" as {replicas} replica(s)" if replicas not in (None, world_size) else "")
                    + f" x batch {cfg.run.batch_size} x "
                    f"{cfg.gradients.batches_per_allreduce} pass(es), {n_steps} steps/epoch, "
                    f"LR {cfg.schedule.base_lr:g} -> {target_lr:g}")
-        if step:
-            self.print(f"resumed from {checkpoint} (epoch {epoch}, step {step})")
         return ""
+
+    def progress_line(self, *, epoch: int, epochs: int, step_in_epoch: int, n_steps: int,
+                      loss: float, samples_per_sec: float, epoch_eta: float,
+                      run_eta: float) -> None:
+        """Rank 0's progress where no bar can show (its output is a pipe or a file): one
+        line every ``--progress-every`` seconds, with the epoch's and the run's time left."""
+        self.print(f"  epoch {epoch}/{epochs}: step {step_in_epoch}/{n_steps} | loss {loss:.4f} | "
+                   f"{samples_per_sec:,.0f} samples/s | ETA epoch {_duration(epoch_eta)}, run "
+                   f"{_duration(run_eta)}")
 
     def epoch(self, *, epoch: int, epochs: int, step: int, lr: float, train: MetricSums,
               val: MetricSums, samples_per_sec: float, world_size: int, elapsed: float,
-              checkpoint: str | None, balance: dict[str, Any] | None = None) -> None:
+              checkpoint: str | None, balance: dict[str, Any] | None = None,
+              warmup: bool = False) -> None:
         """The end of an epoch: one printed line, one JSON record, TensorBoard scalars.
 
         ``train`` and ``val`` are global MetricSums; every metric they support is recorded.
         ``balance``: the epoch's load balance (``common.monitor.balance.summarize``); its straggler
-        verdict, when there is one, is printed on the next line.
+        verdict, when there is one, is printed on the next line. ``warmup``: the epoch is
+        the run's first, whose samples/s include start-up (tracing, first allocations).
         """
         balance = balance or {}
         fields = _metric_fields(train, val)
@@ -153,30 +177,36 @@ class Reporter:
         self.print(f"epoch {epoch}/{epochs}: train loss {train.loss:.4f} acc {train.accuracy:.4f}"
                    f" | val loss {val.loss:.4f} acc {val.accuracy:.4f}"
                    + "".join(f" {k} {v:.4f}" for k, v in extra.items())
-                   + f" | {samples_per_sec:,.0f} samples/s")
+                   + f" | {samples_per_sec:,.0f} samples/s"
+                   + (" (first epoch: includes start-up and tracing)" if warmup else ""))
         if balance.get("straggler"):
             self.print(f"  load balance: {balance['straggler']}")
         self.record("epoch", epoch=epoch, step=step, lr=lr, world_size=world_size, **fields,
                     samples_per_sec=samples_per_sec,
                     samples_per_sec_per_worker=samples_per_sec / world_size,
-                    epoch_time_s=elapsed, checkpoint=checkpoint, **balance)
+                    epoch_time_s=elapsed, checkpoint=checkpoint, includes_warmup=warmup,
+                    **balance)
         self.scalars(step, **{k.replace("_", "/", 1): v for k, v in fields.items()}, lr=lr,
                      samples_per_sec=samples_per_sec,
                      **{f"balance/{k}": balance.get(k) for k in ("balance_spread", "comm_share")})
 
     def final(self, *, recipe: str, epochs: int, step: int, train: MetricSums, val: MetricSums,
               samples_per_sec: float, world_size: int, wall: float,
-              checkpoint: str | None, stats: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The end of a run: the final JSON record and line; returns the record. ``stats``:
-        the strategy's own numbers (``Backend.run_stats``), added to the record."""
+              checkpoint: str | None, stats: dict[str, Any] | None = None,
+              since_start: float | None = None) -> dict[str, Any]:
+        """The end of a run: the final JSON record and line; returns the record. ``wall``: the
+        training's time (from the restore on); ``since_start``: from the process's start
+        (imports, Horovod's start, the data). ``stats``: the strategy's own numbers
+        (``Backend.run_stats``), added to the record."""
         rec = dict(recipe=recipe, world_size=world_size, epochs=epochs, step=step,
                    **_metric_fields(train, val), samples_per_sec=samples_per_sec,
                    samples_per_sec_per_worker=samples_per_sec / world_size, wall_time_s=wall,
-                   checkpoint=checkpoint, **(stats or {}))
+                   time_since_start_s=since_start, checkpoint=checkpoint, **(stats or {}))
         self.record("final", **rec)
         self.close()
-        self.print(f"final: val accuracy {val.accuracy:.4f} on {world_size} worker(s) in "
-                   f"{wall:.1f}s; checkpoint: {checkpoint}; metrics: {self.metrics_file}")
+        total = f" ({since_start:.1f}s since the start)" if since_start is not None else ""
+        self.print(f"final: val accuracy {val.accuracy:.4f} on {world_size} worker(s); trained "
+                   f"in {wall:.1f}s{total}; checkpoint: {checkpoint}; metrics: {self.metrics_file}")
         return rec
 
     def resumed(self, epoch: int) -> None:
@@ -201,6 +231,15 @@ class Reporter:
             self.print(f"warning: cannot write --metrics-file {self.metrics_file!r} "
                        f"({e.strerror or e}); training goes on without it")
             self.metrics_file = None
+
+
+def _duration(seconds: float) -> str:
+    """``1:02:03``, ``2:03`` or ``?`` (not known yet)."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{sec:02d}" if hours else f"{minutes}:{sec:02d}"
 
 
 def read_metrics(path: str) -> list[dict]:

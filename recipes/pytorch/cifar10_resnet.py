@@ -87,7 +87,7 @@ def cifar_datasets(data_dir: str, seed: int):
 def main(argv: list[str] | None = None) -> None:
     parser = core_parser(__doc__.splitlines()[0], epochs=160, batch_size=128, base_lr=0.1,
                          weight_decay=1e-4, warmup_epochs=2, lr_decay="cosine",
-                         **run_dirs(RECIPE))
+                         data=True, **run_dirs(RECIPE))
     parser.add_argument("--depth", type=int, default=20, help="ResNet depth, 6n+2")
     cfg, args = parse_config(parser, argv)
     if not cfg.run.data_dir:

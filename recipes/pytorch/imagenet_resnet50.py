@@ -76,7 +76,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay_bn_bias: bool):
 def main(argv: list[str] | None = None) -> None:
     parser = core_parser(__doc__.splitlines()[0], epochs=90, batch_size=32, base_lr=0.0125,
                          warmup_epochs=5, lr_decay="step", decay_epochs=(30, 60, 80),
-                         momentum=0.9, weight_decay=5e-5, data_workers=4, **run_dirs(RECIPE))
+                         momentum=0.9, weight_decay=5e-5, data_workers=4, data=True, **run_dirs(RECIPE))
     parser.add_argument("--train-dir", help="ImageFolder of training images")
     parser.add_argument("--val-dir", help="ImageFolder of validation images")
     parser.add_argument("--model", default="resnet50", help="any torchvision model name")

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
 from common.config import parse_config
-from common.data.datasets import load_mnist_or_digits
+from common.data.datasets import ArrayDataset, load_mnist_or_digits
 from common.faults.ending import run_main
-from common.frameworks.torch_backend import TorchBackend, distributed_optimizer, init
+from common.frameworks.torch_backend import TorchBackend, init, sgd
 from common.loop.trainer import fit
 from recipes.shared import mnist_parser
 
@@ -40,22 +39,18 @@ class Net(nn.Sequential):
             fc2=nn.Linear(128, 10)))
 
 
-def as_tensors(ds) -> torch.utils.data.TensorDataset:
-    """Images (N, H, W) in [0, 1] -> a dataset of (1, H, W) tensors and labels."""
-    return torch.utils.data.TensorDataset(torch.from_numpy(ds.images).unsqueeze(1),
-                                          torch.from_numpy(ds.labels))
+def with_channel(ds: ArrayDataset) -> ArrayDataset:
+    """Grey images (N, H, W) as (N, 1, H, W), the layout torch's conv layers take."""
+    return ArrayDataset(ds.inputs[:, None], ds.labels, ds.name)
 
 
 def build(cfg, rt) -> tuple[TorchBackend, str]:
     """The CNN, its optimizer and the data, handed to the core as a backend (and a description)."""
     train_set, val_set = load_mnist_or_digits(cfg.run.data_dir, cfg.run.folds, cfg.run.fold)
     model = Net().to(rt.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.schedule.base_lr,
-                                momentum=cfg.optimizer.momentum,
-                                weight_decay=cfg.optimizer.weight_decay)
-    optimizer = distributed_optimizer(optimizer, model, cfg)  # distributed
-    backend = TorchBackend(rt, cfg, model, optimizer, F.cross_entropy, as_tensors(train_set),
-                           as_tensors(val_set), num_classes=10)
+    optimizer = sgd(model, cfg)  # distributed: the flags' SGD, averaging gradients with Horovod
+    backend = TorchBackend(rt, cfg, model, optimizer, F.cross_entropy, with_channel(train_set),
+                           with_channel(val_set), num_classes=10)
     return backend, f" ({train_set.name})"
 
 

@@ -16,7 +16,8 @@ from torch import nn
 
 from common.config import ConfigError
 from common.data.datasets import load_mnist_or_digits
-from recipes.pytorch.mnist import Net, as_tensors
+from common.frameworks.torch_backend import as_tensors
+from recipes.pytorch.mnist import Net, with_channel
 
 MODELS = ("cnn", "resnet18")
 
@@ -60,6 +61,7 @@ def build(args: argparse.Namespace, cfg) -> tuple[nn.Sequential, object, object,
         name, channels = f"synthetic 3x32x32 x {args.synthetic}", 3
     else:
         train_ds, val_ds = load_mnist_or_digits(cfg.run.data_dir, cfg.run.folds, cfg.run.fold)
-        train, val, name, channels = as_tensors(train_ds), as_tensors(val_ds), train_ds.name, 1
+        train, val = (as_tensors(with_channel(d)) for d in (train_ds, val_ds))
+        name, channels = train_ds.name, 1
     model = Net() if args.model == "cnn" else resnet18(channels)
     return model, train, val, name

@@ -19,7 +19,7 @@ from common.config import parse_config  # noqa: E402
 from common.data.datasets import load_mnist_or_digits  # noqa: E402
 from common.faults.ending import run_main  # noqa: E402
 from common.frameworks.tf_backend import TFBackend, init, tf  # noqa: E402
-from common.loop.keras_fit import distributed_optimizer, fit  # noqa: E402
+from common.loop.keras_fit import compiled_backend, fit, sgd  # noqa: E402
 from recipes.shared import mnist_parser  # noqa: E402
 from recipes.tensorflow.mnist import build_model  # noqa: E402
 
@@ -28,14 +28,13 @@ RECIPE = "tensorflow/keras_mnist"
 
 def build(cfg, rt) -> tuple[TFBackend, str]:
     """The compiled CNN and the data, handed to the core as a backend (and a description)."""
-    train, val = load_mnist_or_digits(cfg.run.data_dir, cfg.run.folds, cfg.run.fold)
-    model = build_model(train.images.shape[1])
-    optimizer = tf.keras.optimizers.SGD(cfg.schedule.base_lr, momentum=cfg.optimizer.momentum)
-    optimizer = distributed_optimizer(optimizer, cfg)  # distributed
-    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=optimizer, loss=loss_fn, metrics=["accuracy"])
-    return TFBackend(rt, cfg, model, optimizer, loss_fn, train, val, num_classes=10), \
-        f" ({train.name})"
+    train, val = (d.with_channel() for d in
+                  load_mnist_or_digits(cfg.run.data_dir, cfg.run.folds, cfg.run.fold))
+    model = build_model(train.inputs.shape[1])
+    model.compile(optimizer=sgd(cfg),  # distributed: the flags' SGD, averaging with Horovod
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return compiled_backend(rt, cfg, model, train, val, num_classes=10), f" ({train.name})"
 
 
 def main(argv: list[str] | None = None) -> None:

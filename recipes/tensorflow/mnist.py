@@ -15,7 +15,7 @@ from __future__ import annotations
 from common.config import parse_config
 from common.data.datasets import load_mnist_or_digits
 from common.faults.ending import run_main
-from common.frameworks.tf_backend import TFBackend, init, tf
+from common.frameworks.tf_backend import TFBackend, init, sgd, tf
 from common.loop.trainer import fit
 from recipes.shared import mnist_parser
 
@@ -41,9 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg, args = parse_config(parser, argv)
     rt = init(cfg)  # distributed: hvd.init, threads and GPU per rank
 
-    train, val = load_mnist_or_digits(cfg.run.data_dir, cfg.run.folds, cfg.run.fold)
-    model = build_model(train.images.shape[1])
-    optimizer = keras.optimizers.SGD(cfg.schedule.base_lr, momentum=cfg.optimizer.momentum)
+    train, val = (d.with_channel() for d in
+                  load_mnist_or_digits(cfg.run.data_dir, cfg.run.folds, cfg.run.fold))
+    model = build_model(train.inputs.shape[1])
+    optimizer = sgd(cfg)  # --base-lr, --momentum (the core adds --weight-decay)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     backend = TFBackend(rt, cfg, model, optimizer, loss_fn, train, val, num_classes=10)
     fit(backend, cfg, RECIPE, vars(args), f" ({train.name})")

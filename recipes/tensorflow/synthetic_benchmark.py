@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.config import ConfigError, core_parser, parse_config
-from common.data.datasets import ImageDataset
+from common.data.datasets import ArrayDataset
 from common.faults.ending import run_main
 from common.frameworks.tf_backend import TFBackend, init, tf
 from common.monitor import benchmark
@@ -44,12 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = tf.keras.optimizers.SGD(cfg.schedule.base_lr, momentum=cfg.optimizer.momentum)
     n = cfg.run.batch_size * cfg.gradients.batches_per_allreduce
     rng = np.random.default_rng(cfg.run.seed)
-    data = ImageDataset(rng.random((n, args.image_size, args.image_size, 3), dtype=np.float32),
+    data = ArrayDataset(rng.random((n, args.image_size, args.image_size, 3), dtype=np.float32),
                         rng.integers(0, args.num_classes, n), "synthetic")
     loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     backend = TFBackend(rt, cfg, model, optimizer, loss_fn, data, data)
     backend.broadcast_state()  # distributed
-    x, y = tf.constant(data.images), tf.constant(data.labels)
+    x, y = tf.constant(data.inputs), tf.constant(data.labels)
 
     def run(batches: int) -> None:
         for _ in range(batches):

@@ -22,7 +22,7 @@ if path == "keras":
 import numpy as np  # noqa: E402
 
 from common.config.core import TrainConfig  # noqa: E402
-from common.data.datasets import ImageDataset  # noqa: E402
+from common.data.datasets import ArrayDataset  # noqa: E402
 from common.frameworks.tf_backend import TFBackend, init, tf  # noqa: E402
 
 keras = tf.keras
@@ -41,8 +41,8 @@ if path == "keras":
     model.compile(optimizer=distributed_optimizer(optimizer, cfg), loss=loss_fn)
     model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
 else:
-    backend = TFBackend(rt, cfg, model, optimizer, loss_fn, ImageDataset(x, y, "fixed"),
-                        ImageDataset(x, y, "fixed"))
+    backend = TFBackend(rt, cfg, model, optimizer, loss_fn, ArrayDataset(x, y, "fixed"),
+                        ArrayDataset(x, y, "fixed"))
     for _ in range(3):
         backend.train_step((tf.constant(x), tf.constant(y)))
 print(json.dumps({"x": x.tolist(), "y": y.tolist(), "start": start,

@@ -37,15 +37,24 @@ def test_the_first_screen_of_a_launch_is_the_recipe_s_own(tmp_path, name, launch
         job = launched("tensorflow", {"horovodrun-gloo": "gloo"}.get(name, name))
         text = job.stdout + job.stderr
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    assert lines[0].startswith("config: recipe=tensorflow/mnist"), lines[:10]
+    # fresh or resumed first; the settings given, not the 40 at their defaults; the runtime
+    # settings of a multi-worker run only
+    assert lines[0].startswith("fresh run: "), lines[:10]
+    config = [ln for ln in lines if ln.startswith("config: ")]
+    assert len(config) == 1 and "epochs=1 max_steps=" in config[0], config
+    assert config[0].endswith("(the rest: tensorflow/mnist's defaults)" if name == "one-process"
+                              else "config.yaml)"), config
+    assert "batch_size=32" not in config[0] and "recipe=" not in config[0] and len(config[0]) < 300
+    settings = [ln for ln in lines if ln.startswith("runtime settings: ")]
+    assert len(settings) == (0 if name == "one-process" else 1), lines[:10]
     assert not [ln for ln in lines if is_noise(ln) or "cuInit" in ln], lines[:10]
     assert not [ln for ln in lines if "<stdout>:" in ln], lines[:10]
-    assert lines[-1].startswith("final: val accuracy")
+    assert lines[-1].startswith("final: val accuracy") and "s since the start)" in lines[-1]
 
 
 def test_the_raw_switch_shows_everything(tmp_path):
     text = launch_alone(tmp_path, raw=True, launcher=[str(BIN / "horovodrun"), "-np", "2"])
-    assert "[1,0]<stdout>:config: recipe=tensorflow/mnist" in text  # mpirun's tags
+    assert "[1,0]<stdout>:fresh run: " in text  # mpirun's tags
     # TensorFlow's start-up lines show, unfiltered: here from the launcher's own build check,
     # which imports TensorFlow (the workers set TF_CPP_MIN_LOG_LEVEL=2, and which lines TensorFlow
     # prints at all depends on the CPU and on finding CUDA's libraries: oneDNN's line only where

@@ -15,8 +15,8 @@ def test_even_ranks_have_a_spread_of_one_and_no_straggler():
 
 
 def test_the_slowest_rank_is_named_with_its_host_and_cause():
-    every = [("h1", 10, 0.1, 1.0, 2.0), ("h1", 10, 0.1, 1.0, 2.0), ("h2", 10, 2.0, 1.0, 0.1),
-             ("h2", 10, 0.1, 1.2, 1.9)]
+    every = [("h1", 20, 0.1, 1.0, 2.0), ("h1", 20, 0.1, 1.0, 2.0), ("h2", 20, 2.0, 1.0, 0.1),
+             ("h2", 20, 0.1, 1.2, 1.9)]
     fields = summarize(every)
     assert (fields["slowest_rank"], fields["slowest_host"]) == (2, "h2")
     assert fields["fastest_rank"] in (0, 1)
@@ -24,8 +24,16 @@ def test_the_slowest_rank_is_named_with_its_host_and_cause():
     assert fields["balance_spread"] == pytest.approx(3.0 / 1.2)
     assert fields["straggler"] == ("rank 2 on h2 is 2.5x slower than the median: data loading "
                                    "65% of its step")
-    slow_compute = summarize([("x", 1, 0.0, 1.0, 1.0), ("y", 1, 0.0, 3.0, 0.0)])
+    slow_compute = summarize([("x", 16, 0.0, 1.0, 1.0), ("y", 16, 0.0, 3.0, 0.0)])
     assert slow_compute["straggler"].endswith("compute 100% of its step")
+
+
+def test_an_epoch_too_short_to_judge_names_no_straggler():
+    """4 steps a rank: the spread is measured and recorded, but no rank is called a straggler."""
+    short = summarize([("x", 4, 0.0, 1.0, 1.0), ("y", 4, 0.0, 3.0, 0.0)])
+    assert short["balance_spread"] == pytest.approx(1.5) and short["slowest_rank"] == 1
+    assert short["straggler"] is None
+    assert summarize([("x", 15, 0.0, 1.0, 1.0), ("y", 16, 0.0, 3.0, 0.0)])["straggler"] is None
 
 
 def test_without_a_communication_split_the_share_is_unknown():

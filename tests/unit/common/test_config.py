@@ -6,7 +6,7 @@ from common.config.core import ConfigError, TrainConfig, core_parser, parse_conf
 
 
 def parse(argv, **defaults):
-    return parse_config(core_parser("test", **defaults), argv)[0]
+    return parse_config(core_parser("test", data=True, **defaults), argv)[0]
 
 
 def test_defaults_and_recipe_overrides():
@@ -114,10 +114,13 @@ def test_each_component_validates_itself():
 
 def test_flags_and_yaml_keys_map_one_to_one_onto_component_fields():
     """Every core flag has exactly one home, named as the flag."""
-    parser = core_parser("test")
+    parser = core_parser("test", data=True)
     dests = {a.dest for a in parser._actions} - {"help", "config"}
     assert dests == set(TrainConfig().as_dict())
-    parser = core_parser("test", kfold=True)  # the MNIST family's K-fold flags
+    parser = core_parser("test")  # a recipe that reads no data from disk: no data flags
+    dests = {a.dest for a in parser._actions} - {"help", "config"}
+    assert dests == set(TrainConfig().as_dict()) - {"data_dir", "data_workers"}
+    parser = core_parser("test", kfold=True, data=True)  # the MNIST family's K-fold flags
     dests = {a.dest for a in parser._actions} - {"help", "config"}
     assert dests == set(TrainConfig.from_flags(folds=2, fold=0).as_dict())
 
@@ -214,7 +217,7 @@ def test_each_flag_is_declared_once():
                 written.append(f"{path.relative_to(root)}:{node.lineno} {node.args[0].value}")
     assert written == []
     # The parser's flags are exactly the declared ones (and --no-progress for progress).
-    parser = core_parser("test", kfold=True)
+    parser = core_parser("test", kfold=True, data=True)
     options = {o for a in parser._actions for o in a.option_strings} - {"-h", "--help", "--config"}
     core = {k for k, v in declared.items() if not set(v) & {"ElasticConfig", "PipelineConfig",
                                                             "ServerConfig"}}

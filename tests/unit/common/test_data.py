@@ -28,10 +28,10 @@ from tests.support import (
 def test_mnist_idx_round_trip(tmp_path, gz):
     files = write_mnist(tmp_path, gz=gz)
     train, val = load_mnist_idx(str(tmp_path))
-    assert train.images.shape == (12, 28, 28) and val.images.shape == (5, 28, 28)
-    np.testing.assert_allclose(train.images, files["train"][0] / 255.0, rtol=1e-6)
+    assert train.inputs.shape == (12, 28, 28) and val.inputs.shape == (5, 28, 28)
+    np.testing.assert_allclose(train.inputs, files["train"][0] / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(val.labels, files["t10k"][1])
-    assert train.images.dtype == np.float32 and train.labels.dtype == np.int64
+    assert train.inputs.dtype == np.float32 and train.labels.dtype == np.int64
 
 
 def test_idx_other_dtype(tmp_path):
@@ -70,7 +70,7 @@ def test_digits_split_is_fixed_and_disjoint():
     assert len(train) + len(val) == 1797 and len(val) == 359
     train2, _ = load_digits_split()
     np.testing.assert_array_equal(train.labels, train2.labels)
-    assert train.images.max() <= 1.0 and train.images.shape[1:] == (8, 8)
+    assert train.inputs.max() <= 1.0 and train.inputs.shape[1:] == (8, 8)
 
 
 def test_digits_read_from_the_file_equal_scikit_learns_loader(monkeypatch):

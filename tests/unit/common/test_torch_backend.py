@@ -30,7 +30,7 @@ def test_a_plain_optimizer_on_several_workers_is_refused_in_one_line():
     from common.frameworks.torch_backend import TorchBackend
     from common.world.runtime import Runtime
 
-    cfg = TrainConfig.from_flags(batch_size=4)
+    cfg = TrainConfig.from_flags(batch_size=4, momentum=0.0)
     model = torch.nn.Linear(3, 2)
     data = torch.utils.data.TensorDataset(torch.zeros(8, 3), torch.zeros(8, dtype=torch.long))
     plain = torch.optim.SGD(model.parameters(), lr=0.1)
