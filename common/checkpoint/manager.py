@@ -46,6 +46,7 @@ class Resume:
     notices: list[str] = field(default_factory=list)
     lr_factor: float = 1.0  # the LR multiplier rollbacks left (``--on-divergence rollback``)
     set_aside: list[str] = field(default_factory=list)  # renamed *.diverged by a rollback
+    saved_step: int = 0  # the step in the checkpoint (``step`` differs after a world change)
 
 
 class CheckpointManager:
@@ -135,7 +136,8 @@ class CheckpointManager:
         if meta is None:
             return Resume(notices=notices)
         resume = Resume(meta["epoch"], meta["step"], meta["path"], notices=notices,
-                        lr_factor=float(meta["lr_factor"] or 1.0), set_aside=meta["set_aside"])
+                        lr_factor=float(meta["lr_factor"] or 1.0), set_aside=meta["set_aside"],
+                        saved_step=meta["step"])
         if meta["world_size"] == rt.size and meta["steps_per_epoch"] == self.steps_per_epoch:
             if meta["rng"] is not None:
                 self.backend.set_rng_state(meta["rng"][rt.rank])

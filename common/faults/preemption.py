@@ -120,26 +120,29 @@ class SignalWatch:
 
 
 def launcher_process() -> tuple[int, str] | None:
-    """(pid, start time) of the ``horovodrun`` this worker runs under on this host, if any.
+    """(pid, start time) of the outermost ``horovodrun`` this worker runs under on this host,
+    if any: the command the user started.
 
-    Under MPI, horovodrun replaces itself with ``/bin/sh -c "mpirun ..."`` (the worker's
-    grandparent); under Gloo it stays a Python process above a shell per worker."""
-    pid = os.getppid()
-    for _ in range(6):
+    Under MPI, Horovod's launcher replaces itself with ``/bin/sh -c "mpirun ..."`` (the
+    worker's grandparent); under Gloo it stays a Python process above a shell per worker. The
+    installed ``horovodrun`` runs Horovod's launcher below itself
+    (``common.launch.hvd_launch.horovodrun``): the workers watch it, the outer one."""
+    pid, found = os.getppid(), None
+    for _ in range(8):
         if pid <= 1:
-            return None
+            break
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
-            return None
+            break
         horovodrun = any(part.endswith(b"/horovodrun") or part == b"horovodrun"
                          for part in cmdline[:2])
         shell_of_mpirun = (len(cmdline) > 2 and cmdline[0].endswith(b"sh")
                            and cmdline[1] == b"-c" and cmdline[2].startswith(b"mpirun "))
         if horovodrun or shell_of_mpirun:
-            return pid, _start_time(pid)
+            found = pid
         pid = _parent(pid)
-    return None
+    return (found, _start_time(found)) if found else None
 
 
 def _parent(pid: int) -> int:

@@ -185,8 +185,8 @@ class TorchBackend(Backend):
                  val_batch_size: int = 256) -> None:
         if self.averages_gradients and rt.size > 1:
             require_distributed(optimizer, rt.size)
-        check_optimizer_flags(cfg, type(optimizer).__name__.removeprefix("_Distributed"),
-                              *optimizer_settings(optimizer))
+        if optimizer is not None:  # (a parameter server's server ranks have none)
+            check_optimizer_flags(cfg, type(optimizer).__name__, *optimizer_settings(optimizer))
         if isinstance(train_set, ArrayDataset):
             train_set, val_set = (as_tensors(d) for d in (train_set, val_set))
         super().__init__(rt, cfg, model, optimizer, loss_fn, len(train_set), len(val_set), topk,

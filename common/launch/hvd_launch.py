@@ -5,7 +5,7 @@
     (the same as ``python -m common.launch.hvd_launch ...``)
 
 What the launchers do on their own (measured with Horovod 0.28.1 and Open MPI 4.1, see the
-README's "Failures" section): ``horovodrun`` under MPI dies on SIGTERM and leaves ``mpirun`` and
+docs/failures.md): Horovod's own ``horovodrun`` under MPI dies on SIGTERM and leaves ``mpirun`` and
 every worker training, orphaned; SIGINT to it does nothing; ``mpirun`` turns SIGTERM/SIGINT into
 a SIGTERM and then a SIGKILL to every rank a few seconds later, often before a checkpoint can be
 written. So this wrapper:
@@ -52,8 +52,11 @@ _PR_SET_CHILD_SUBREAPER = 36
 # --- the wrapper ---------------------------------------------------------------------------------
 
 class Launch:
-    def __init__(self, command: list[str], grace: float) -> None:
-        self.command, self.grace = command, grace
+    """One launcher command under the wrapper; ``name`` opens the wrapper's own lines."""
+
+    def __init__(self, command: list[str], grace: float, name: str = "hvd-launch") -> None:
+        self.command, self.grace, self.name = command, grace, name
+        self.relay = _StderrRelay(name)
         self.folder = tempfile.mkdtemp(prefix="hvd-launch-")
         self.stopping_since: float | None = None
         self.forwarded: signal.Signals | None = None
@@ -68,13 +71,13 @@ class Launch:
             self.child = subprocess.Popen(self.command, env=env, stderr=subprocess.PIPE,
                                           start_new_session=True)
         except OSError as e:
-            say(f"hvd-launch: cannot start {self.command[0]!r}: {e.strerror}")
+            say(f"{self.name}: cannot start {self.command[0]!r}: {e.strerror}")
             return 127
-        relay = threading.Thread(target=_relay_stderr, args=(self.child.stderr,), daemon=True)
+        relay = threading.Thread(target=self.relay.copy, args=(self.child.stderr,), daemon=True)
         relay.start()
         while self.child.poll() is None:
             if self.stopping_since and time.monotonic() - self.stopping_since > self.grace:
-                say(f"hvd-launch: the workers did not stop within --grace {self.grace:g} s; "
+                say(f"{self.name}: the workers did not stop within --grace {self.grace:g} s; "
                      "killing them")
                 self._kill_all()
             time.sleep(0.2)
@@ -84,10 +87,13 @@ class Launch:
         time.sleep(0.1)
         _reap()
         code = self._exit_code()
+        # The launcher's report of a failed process says nothing the workers' own line did not
+        # after a clean stop or a user error; for anything else it helps, and shows.
+        self.relay.end(show_reports=code not in (2, 75))
         if leftovers:
-            say(f"hvd-launch: killed {leftovers} process(es) the launcher left running")
+            say(f"{self.name}: killed {leftovers} process(es) the launcher left running")
         if code:
-            say(f"hvd-launch: job ended with exit status {code}: "
+            say(f"{self.name}: job ended with exit status {code}: "
                  f"{MEANINGS.get(code, 'see the messages above')}")
         shutil.rmtree(self.folder, ignore_errors=True)
         return code
@@ -95,7 +101,7 @@ class Launch:
     def _on_signal(self, signum, frame) -> None:
         sig = signal.Signals(signum)
         if self.stopping_since is not None:  # a second signal: stop now
-            say(f"hvd-launch: {sig.name} again: killing the job")
+            say(f"{self.name}: {sig.name} again: killing the job")
             self._kill_all()
             return
         self.stopping_since, self.forwarded = time.monotonic(), sig
@@ -103,13 +109,13 @@ class Launch:
         if workers:
             for pid in workers:
                 _signal(pid, sig)
-            say(f"hvd-launch: {sig.name} sent to {len(workers)} worker(s) on this host; they "
+            say(f"{self.name}: {sig.name} sent to {len(workers)} worker(s) on this host; they "
                  f"stop at the next step with a checkpoint (a second signal kills them)")
             return
         mpirun = [p for p in self._descendants() if _name(p) in ("mpirun", "orterun", "prterun")]
         if mpirun:  # workers only on other hosts: Open MPI forwards SIGUSR1 to every rank
             _signal(mpirun[0], signal.SIGUSR1)
-            say(f"hvd-launch: {sig.name}: no worker on this host; SIGUSR1 sent through mpirun")
+            say(f"{self.name}: {sig.name}: no worker on this host; SIGUSR1 sent through mpirun")
         else:  # still starting: nothing to save yet
             for pid in self._descendants():
                 _signal(pid, signal.SIGTERM)
@@ -159,30 +165,69 @@ _TRACEBACK = "Traceback (most recent call last):"
 _EXCEPTION = re.compile(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b:?")
 
 
-def _relay_stderr(stream) -> None:
-    """Copy the launcher's stderr, replacing horovodrun's own traceback (a frame in
-    horovod/runner) by its message; workers' output is never held back."""
-    held: list[bytes] = []
-    out = sys.stderr.buffer
-    for line in iter(stream.readline, b""):
-        text = line.decode(errors="replace")
-        if held or text.startswith(_TRACEBACK):
-            held.append(line)
-            if not _EXCEPTION.match(text):
+# What a launcher prints after a process exits non-zero: Open MPI's boxes (between lines of
+# dashes) and Horovod's Gloo message (one line through common.world.quiet.horovodrun).
+_RULE = "-" * 74  # Open MPI's help-message rule, a whole line
+_REPORTS = ("Primary job  terminated normally, but", "mpirun detected that one or more processes "
+            "exited with non-zero status", "horovodrun: RuntimeError: Horovod detected that one "
+            "or more processes exited with non-zero status")
+
+
+class _StderrRelay:
+    """Copies the launcher's stderr as it comes, replacing horovodrun's own traceback (a frame
+    in horovod/runner) by its message, and holding the launcher's reports of a failed process
+    (:data:`_REPORTS`) until the job's end (:meth:`end`). Workers' output is never held back."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.reports: list[bytes] = []
+        self.out = sys.stderr.buffer
+
+    def copy(self, stream) -> None:
+        held: list[bytes] = []  # a traceback, or a box, while it is being read
+        box = False
+        for line in iter(stream.readline, b""):
+            text = line.decode(errors="replace")
+            if box or (not held and text.rstrip("\r\n") == _RULE):
+                held.append(line)
+                box = True
+                if len(held) > 40:  # not a box after all: nothing is held back for long
+                    self._write(held)
+                    held, box = [], False
+                elif len(held) > 1 and text.rstrip("\r\n") == _RULE:  # the box is closed
+                    body = b"".join(held).decode(errors="replace")
+                    if any(r in body for r in _REPORTS):
+                        self.reports.extend(held)
+                    else:
+                        self._write(held)
+                    held, box = [], False
                 continue
-            ours = any(b"horovod/runner/" in h for h in held)
-            if ours:
-                message = text.split(":", 1)[1].strip() if ":" in text else text.strip()
-                out.write(f"hvd-launch: the launcher says: {message}\n".encode())
-            else:
-                out.writelines(held)
-            held = []
-            out.flush()
-            continue
-        out.write(line)
-        out.flush()
-    out.writelines(held)
-    out.flush()
+            if any(text.startswith(r) for r in _REPORTS[2:]):
+                self.reports.append(line)
+                continue
+            if held or text.startswith(_TRACEBACK):
+                held.append(line)
+                if not _EXCEPTION.match(text):
+                    continue
+                if any(b"horovod/runner/" in h for h in held):
+                    message = text.split(":", 1)[1].strip() if ":" in text else text.strip()
+                    self._write([f"{self.name}: the launcher says: {message}\n".encode()])
+                else:
+                    self._write(held)
+                held = []
+                continue
+            self._write([line])
+        self._write(held)
+
+    def end(self, show_reports: bool) -> None:
+        """The job is over: show the held reports, or drop them."""
+        if show_reports:
+            self._write(self.reports)
+        self.reports = []
+
+    def _write(self, lines: list[bytes]) -> None:
+        self.out.writelines(lines)
+        self.out.flush()
 
 
 def _reap() -> None:
@@ -240,6 +285,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give the launcher command, e.g. hvd-launch horovodrun -np 2 python "
                      "recipes/pytorch/mnist.py")
     return Launch(args.command, args.grace).run()
+
+
+def horovodrun() -> int:
+    """The ``horovodrun`` command setup installs: Horovod's launcher (quietly:
+    ``common.world.quiet.horovodrun``) under this wrapper, so that Ctrl-C and SIGTERM stop every
+    worker at one step with a checkpoint and a clean stop or a user error ends without the
+    launcher's report. Run directly where a wrapper already runs it (``hvd-launch horovodrun
+    ...``), for ``HOROVOD_RECIPES_RAW_OUTPUT=1``, and for the commands that start no job."""
+    from common.world.quiet import horovodrun as launcher
+    from common.world.quiet import raw_output
+
+    args = sys.argv[1:]
+    no_job = not args or bool({"-h", "--help", "-v", "--version", "-cb", "--check-build"} & set(args))
+    if os.environ.get(LAUNCH_DIR_ENV) or raw_output() or no_job:
+        return launcher()
+    inner = [sys.executable, "-c", "import sys; sys.argv[0] = 'horovodrun'; "
+             "from common.world.quiet import horovodrun; sys.exit(horovodrun())", *args]
+    return Launch(inner, grace=120.0, name="horovodrun").run()
 
 
 if __name__ == "__main__":

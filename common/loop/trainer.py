@@ -196,7 +196,8 @@ class Trainer:
                                target_lr=self.schedule.target_lr, epoch=self.state.epoch,
                                step=self.state.step, checkpoint=self.state.checkpoint,
                                replicas=self.backend.data_parallel()[1],
-                               steps_into_epoch=self.state.samples_done // self.step_samples)
+                               steps_into_epoch=self.state.samples_done // self.step_samples,
+                               saved_step=resume.saved_step)
         agree(not error, error, self.backend.broadcast_object)
 
     @property
@@ -388,9 +389,10 @@ class Trainer:
         if not self.trained and self.done:
             self.val_sums = self.backend.evaluate().global_sums(self.backend.allreduce_sum)
             run = self.cfg.run
-            reached = (f"all {run.epochs} epochs" if self.state.epoch >= run.epochs
-                       else f"--max-steps {run.max_steps}")
-            self.out.print(f"already trained: {reached} done ({self.state.checkpoint}); nothing "
+            reached = (f"{self.state.epoch} epoch(s) done (--epochs {run.epochs})"
+                       if self.state.epoch >= run.epochs
+                       else f"step {self.state.step} done (--max-steps {run.max_steps})")
+            self.out.print(f"already trained: {reached}, {self.state.checkpoint}; nothing "
                            "to do (to train afresh, give another --run-dir, or raise --epochs "
                            "to train on)")
         stats = self.backend.run_stats()

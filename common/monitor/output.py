@@ -113,18 +113,23 @@ class Reporter:
     def start(self, *, recipe: str, cfg, recipe_args: dict[str, Any] | None, world_size: int,
               notices: list[str], n_train: int, n_val: int, describe: str, n_steps: int,
               target_lr: float, epoch: int, step: int, checkpoint: str | None,
-              replicas: int | None = None, steps_into_epoch: int = 0) -> str:
+              replicas: int | None = None, steps_into_epoch: int = 0,
+              saved_step: int | None = None) -> str:
         """The start of a run: fresh or resumed from which checkpoint, notices, the settings
         that differ from the recipe's defaults (the whole resolved config is saved as
         config.yaml beside the checkpoints), the runtime settings of a multi-worker run, and
         the run's shape.
 
-        ``replicas``: the data-parallel copies, when not every worker is one (a pipeline).
-        Returns rank 0's error writing config.yaml ('' if none), for the caller to agree on."""
+        ``replicas``: the data-parallel copies, when not every worker is one (a pipeline);
+        ``saved_step``: the checkpoint's own step, when the run goes on at another one (another
+        world size, so other steps per epoch). Returns rank 0's error writing config.yaml ('' if
+        none), for the caller to agree on."""
         folder = cfg.checkpoint.checkpoint_dir
         if step:
             into = f" and {steps_into_epoch} step(s)" if steps_into_epoch else ""
-            self.print(f"resumed from {checkpoint} ({epoch} epoch(s){into} done, step {step})")
+            where = (f"step {step}" if saved_step in (None, step) else
+                     f"saved at step {saved_step}, step {step} at {n_steps} steps/epoch now")
+            self.print(f"resumed from {checkpoint} ({epoch} epoch(s){into} done, {where})")
         else:
             self.print("fresh run: " + (f"no checkpoint in {folder}" if folder else
                                         "no --checkpoint-dir, nothing will be saved"))

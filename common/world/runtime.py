@@ -55,7 +55,7 @@ _chosen = False
 
 # Horovod's cycle time (ms) under Gloo on CPU-only hosts: its background thread negotiates once
 # per cycle, over TCP under Gloo, and the default of 1 ms wakes it 1,000 times a second on cores
-# the workers' compute threads fill (README, "Performance", has what it was measured to do).
+# the workers' compute threads fill (docs/performance.md has what it was measured to do).
 GLOO_CPU_CYCLE_TIME_MS = "5"
 # The Open MPI transports horovodrun asks for (its own ``-mca btl ^openib``), and what the core
 # asks for instead when every worker is on one host (see runtime_settings).
@@ -69,7 +69,7 @@ def cpu_cores(cgroup_fs: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/
     """The cores this process may run on: its CPU affinity, capped by its cgroup's CPU quota
     rounded up (a container started with ``--cpus 1``, a Kubernetes CPU limit), which the
     affinity does not show: every container on a host would otherwise size its threads for all
-    of the host's cores (README, "Docker", has what that cost)."""
+    of the host's cores (docs/docker.md has what that cost)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -157,7 +157,7 @@ def runtime_settings(local_size: int, cores: int, on_gpu: bool, controller: str 
       host (``world_size == local_size``) and the transports are horovodrun's own (``btl``):
       Open MPI's libfabric transport (ofi), which horovodrun leaves on, probes the fabric in each
       worker's MPI_Init (0.4 s) and waits 1 s in its MPI_Finalize, while shared memory carries
-      all of a one-host job's traffic (measured 2026-12-06; README, "Performance"). Across hosts
+      all of a one-host job's traffic (measured 2026-12-06; docs/performance.md). Across hosts
       it stays on: there it may be the fabric's transport.
     """
     settings = {}

@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 from common.config import ConfigError, core_parser, parse_config
 from common.data.datasets import load_cifar10
 from common.faults.ending import run_main
-from common.frameworks.torch_backend import TorchBackend, distributed_optimizer, init
+from common.frameworks.torch_backend import TorchBackend, init, sgd
 from common.frameworks.torch_data import SeededTransform
 from common.loop.trainer import fit
 from recipes.shared import run_dirs
@@ -96,10 +96,7 @@ def main(argv: list[str] | None = None) -> None:
 
     train_set, val_set = cifar_datasets(cfg.run.data_dir, cfg.run.seed)
     model = CifarResNet(args.depth).to(rt.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.schedule.base_lr,
-                                momentum=cfg.optimizer.momentum,
-                                weight_decay=cfg.optimizer.weight_decay)
-    optimizer = distributed_optimizer(optimizer, model, cfg)  # distributed
+    optimizer = sgd(model, cfg)  # distributed: the flags' SGD, averaging gradients
     backend = TorchBackend(rt, cfg, model, optimizer, F.cross_entropy, train_set, val_set,
                            num_classes=10)
     fit(backend, cfg, RECIPE, vars(args), describe=f" (ResNet-{args.depth})")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from common.config import core_parser, parse_config
 from common.faults.ending import run_main
-from common.frameworks.torch_backend import TorchBackend, distributed_optimizer, init
+from common.frameworks.torch_backend import TorchBackend, init, sgd
 from common.monitor import benchmark
 from common.monitor.output import Reporter
 from recipes.pytorch.imagenet_resnet50 import build_model
@@ -32,10 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Reporter(rt.is_root, cfg.output)
 
     model = build_model(args.model, args.num_classes).to(rt.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.schedule.base_lr,
-                                momentum=cfg.optimizer.momentum,
-                                weight_decay=cfg.optimizer.weight_decay)
-    optimizer = distributed_optimizer(optimizer, model, cfg)  # distributed
+    optimizer = sgd(model, cfg)  # distributed: the flags' SGD, averaging gradients
     step_batch = cfg.run.batch_size * cfg.gradients.batches_per_allreduce
     x = torch.randn(step_batch, 3, args.image_size, args.image_size, device=rt.device)
     y = torch.randint(0, args.num_classes, (step_batch,), device=rt.device)

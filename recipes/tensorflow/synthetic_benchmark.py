@@ -15,7 +15,7 @@ import numpy as np
 from common.config import ConfigError, core_parser, parse_config
 from common.data.datasets import ArrayDataset
 from common.faults.ending import run_main
-from common.frameworks.tf_backend import TFBackend, init, tf
+from common.frameworks.tf_backend import TFBackend, init, sgd, tf
 from common.monitor import benchmark
 from common.monitor.output import Reporter
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Reporter(rt.is_root, cfg.output)
 
     model = build_model(args.model, args.image_size, args.num_classes)
-    optimizer = tf.keras.optimizers.SGD(cfg.schedule.base_lr, momentum=cfg.optimizer.momentum)
+    optimizer = sgd(cfg)  # --base-lr, --momentum (the core adds --weight-decay)
     n = cfg.run.batch_size * cfg.gradients.batches_per_allreduce
     rng = np.random.default_rng(cfg.run.seed)
     data = ArrayDataset(rng.random((n, args.image_size, args.image_size, 3), dtype=np.float32),

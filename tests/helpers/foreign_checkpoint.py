@@ -17,7 +17,7 @@ def main():
     cfg = TrainConfig.from_flags(checkpoint_dir=sys.argv[1])
     rt = init(cfg)
     model = torch.nn.Linear(64, 10)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=cfg.optimizer.momentum)
     data = torch.utils.data.TensorDataset(torch.zeros(4, 64), torch.zeros(4, dtype=torch.long))
     backend = TorchBackend(rt, cfg, model, opt, F.cross_entropy, data, data)
     CheckpointManager(backend, cfg, RECIPE).save(LoopState(epoch=1, step=10).state_dict())

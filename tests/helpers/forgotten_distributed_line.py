@@ -1,8 +1,8 @@
 """Helper job: an MNIST recipe with its distributed line left out (the optimizer not wrapped).
 
-``forgotten_distributed_line.py pytorch|keras [recipe flags]``: the recipe's own main, with its
-``distributed_optimizer`` replaced by one that hands the plain optimizer back, as a user who
-forgot that line would have it.
+``forgotten_distributed_line.py pytorch|keras [recipe flags]``: the recipe's own main, with the
+core's ``distributed_optimizer`` (what ``sgd(...)`` wraps the optimizer in) replaced by one that
+hands the plain optimizer back, as a user who built a plain optimizer would have it.
 """
 
 import sys
@@ -13,10 +13,10 @@ if __name__ == "__main__":
     framework, argv = sys.argv[1], sys.argv[2:]
     if framework == "keras":
         import recipes.tensorflow.keras_mnist as recipe  # sets TF_USE_LEGACY_KERAS first
-
-        recipe.distributed_optimizer = lambda optimizer, cfg: optimizer
+        from common.loop import keras_fit as core
     else:
         import recipes.pytorch.mnist as recipe
+        from common.frameworks import torch_backend as core
 
-        recipe.distributed_optimizer = lambda optimizer, model, cfg: optimizer
+    core.distributed_optimizer = lambda optimizer, *_: optimizer
     run_main(lambda: recipe.main(argv))

@@ -5,12 +5,18 @@ from __future__ import annotations
 import pytest
 
 from tests.support import (
+    BIN,
     HELPERS,
+    LAUNCHERS,
     MNIST,
     horovodrun,
     mpirun,
+    run_job,
     worker_errors,
 )
+
+# What Open MPI prints after a process exits non-zero (two boxes).
+OPEN_MPI_REPORT = ("Primary job  terminated normally", "mpirun detected that one or more processes")
 
 
 def test_wrong_checkpoint_fails_on_every_rank_and_is_kept(tmp_path):
@@ -38,6 +44,26 @@ def test_bad_flag_is_one_line_and_ends_the_job(tmp_path):
     worker_lines = [line for line in proc.stderr.splitlines() if "]<stderr>:" in line]
     said = {line.split("]<stderr>:", 1)[1] for line in worker_lines} - {"Terminated"}
     assert said == {"error: --epochs must be at least 1, got 0"}, proc.stderr
+
+
+def test_a_one_line_error_under_the_installed_horovodrun_ends_without_open_mpis_report(tmp_path):
+    """The README's launch (horovodrun, MPI): the error line from each rank, the job's one line,
+    exit status 2, and not Open MPI's ten lines about a process that returned non-zero."""
+    proc = run_job([*LAUNCHERS["mpi"], BIN / "python", MNIST, "--epochs", "0"], tmp_path,
+                   check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    assert "error: --epochs must be at least 1, got 0" in text
+    assert "horovodrun: job ended with exit status 2: bad input (see the error line above)" in text
+    assert not [r for r in OPEN_MPI_REPORT if r in text], text
+
+
+def test_a_crash_under_the_installed_horovodrun_keeps_open_mpis_report(tmp_path):
+    proc = run_job([*LAUNCHERS["mpi"], BIN / "python", HELPERS / "crash_one_rank.py"], tmp_path,
+                   check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "error on rank 1: RuntimeError: rank 1 fails on purpose" in proc.stderr
+    assert [r for r in OPEN_MPI_REPORT if r in proc.stderr], proc.stderr[-3000:]
 
 
 def test_a_rank_that_starts_late_still_says_the_error(tmp_path):

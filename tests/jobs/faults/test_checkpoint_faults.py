@@ -93,6 +93,6 @@ def test_a_silently_corrupted_newest_checkpoint_is_skipped_and_the_run_resumes_e
     proc = rerun_matches(run, uninterrupted, tmp_path, FAULT_FLAGS)
     assert ("skipped unreadable checkpoints: ckpt-e00001-s000000100.pt (its content does not "
             "match its checksum; moved to ckpt-e00001-s000000100.pt.corrupt)") in proc.stdout
-    assert "(epoch 1, step 90)" in proc.stdout
+    assert "(1 epoch(s) and 1 step(s) done, step 90)" in proc.stdout
     assert (run / "ckpt" / "ckpt-e00001-s000000100.pt.corrupt").exists()
     fault_record.append({"hung": False, "lost": 0})

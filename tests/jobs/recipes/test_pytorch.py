@@ -47,7 +47,7 @@ def test_cifar_recipe_and_step_level_resume(tmp_path):
     assert steps == [5, 6, 7]  # every 3 steps, at the epoch end (5) and at the stop; keep 3
     next(p for p in (part / "ckpt").glob("ckpt-*.pt") if load_checkpoint(p)["step"] == 7).unlink()
     _, proc = run_recipe(horovodrun, 2, CIFAR10, tmp_path / "part", "--data-dir", data, *CIFAR)
-    assert "(epoch 1, step 6)" in proc.stdout
+    assert "(1 epoch(s) and 1 step(s) done, step 6)" in proc.stdout
     a = load_checkpoint(final_record(full / "metrics.jsonl")["checkpoint"])
     b = load_checkpoint(final_record(part / "metrics.jsonl")["checkpoint"])
     weights = {k: v for k, v in a["model"].items() if "running" not in k and "num_batches" not in k}

@@ -94,7 +94,7 @@ def test_custom_loop_resumes_mid_epoch_with_exact_metric_sums(tmp_path, trained)
     assert len(stopped["rng"]) == 2 and len(stopped["epoch_sums"]) == 2
     assert all(sums[1] == 8 * 32 for sums in stopped["epoch_sums"])  # 8 steps x 2 x 16 samples
     _, proc = run_recipe(horovodrun, 2, TF_MNIST, tmp_path / "part", *RESUME, "--epochs", "2")
-    assert "(epoch 1, step 30)" in proc.stdout
+    assert "(1 epoch(s) and 8 step(s) done, step 30)" in proc.stdout
     (a, ha), (b, hb) = tf_weights(full / "metrics.jsonl"), tf_weights(part / "metrics.jsonl")
     assert ha["step"] == hb["step"] == 44
     assert max_array_diff(a, b) <= 1e-6  # weights and optimizer slots

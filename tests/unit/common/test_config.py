@@ -231,3 +231,29 @@ def test_a_field_check_names_its_flag():
         RunConfig(data_workers=-1).validate()
     with pytest.raises(ConfigError, match=r"^--stop-signals: 'NOPE' is not a signal"):
         RunConfig(stop_signals=("NOPE",)).validate()
+
+
+def test_yaml_takes_the_flags_own_spellings_and_the_changed_settings_are_known(tmp_path):
+    """``no-progress: true`` is ``progress: false``; ``cfg.changed`` names what differs from the
+    recipe's defaults (what the ``config:`` line shows), from the command line or the file."""
+    path = tmp_path / "c.yaml"
+    path.write_text("no-progress: true\nbatch-size: 64\n")
+    cfg = parse(["--config", str(path), "--epochs", "3"], epochs=5)
+    assert cfg.output.progress is False and cfg.run.batch_size == 64
+    assert set(cfg.changed) == {"progress", "batch_size", "epochs"}
+    path.write_text("no-progress: 1\n")
+    with pytest.raises(ConfigError, match="no-progress must be true or false"):
+        parse(["--config", str(path)])
+    assert parse(["--epochs", "5"], epochs=5).changed == ()  # the recipe's default is no change
+
+
+def test_a_config_yaml_of_a_recipe_with_other_flags_loads_where_it_sets_nothing(tmp_path):
+    """config.yaml lists every core field, data flags too; a recipe without them takes the file
+    unless it sets one of them."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data_dir: null\ndata_workers: 0\nepochs: 4\n")
+    no_data = parse_config(core_parser("test"), ["--config", str(path)])[0]
+    assert no_data.run.epochs == 4
+    path.write_text("data_workers: 2\n")
+    with pytest.raises(ConfigError, match="data_workers does not apply to this recipe"):
+        parse_config(core_parser("test"), ["--config", str(path)])

@@ -14,7 +14,7 @@ import pytest
 
 COMMON = Path(__file__).resolve().parents[3] / "common"
 
-# The architecture, lowest layer first (README.md, "Layout").
+# The architecture, lowest layer first (docs/development.md, "Layout").
 LAYERS = ("base", "world", "config", "data", "faults", "monitor", "frameworks", "checkpoint",
           "loop", "strategies", "launch")
 

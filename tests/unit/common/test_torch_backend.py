@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
+import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from common.frameworks.torch_backend import tensorboard_writer
@@ -38,3 +40,36 @@ def test_a_plain_optimizer_on_several_workers_is_refused_in_one_line():
                                          r"2 workers would train a model of its own"):
         TorchBackend(Runtime(0, 2, 0, 2), cfg, model, plain, F.cross_entropy, data, data)
     TorchBackend(Runtime(0, 1, 0, 1), cfg, model, plain, F.cross_entropy, data, data)  # alone: fine
+
+
+def test_optimizer_flags_always_act_or_are_refused_in_one_line(monkeypatch):
+    """--momentum and --weight-decay reach the optimizer through sgd(); a recipe's own optimizer
+    that uses other values, or --momentum given to an optimizer without momentum, is refused."""
+    import pytest
+    import torch
+    import torch.nn.functional as F
+
+    from common.config.core import ConfigError, TrainConfig
+    from common.data.datasets import ArrayDataset
+    from common.frameworks import torch_backend
+    from common.frameworks.torch_backend import TorchBackend, optimizer_settings, sgd
+    from common.world.runtime import Runtime
+
+    # One process without Horovod started: Horovod's wrapper is left out of sgd() here.
+    monkeypatch.setattr(torch_backend, "distributed_optimizer", lambda opt, model, cfg: opt)
+
+    model = torch.nn.Linear(3, 2)
+    data = ArrayDataset(np.zeros((8, 3), np.float32), np.zeros(8, np.int64), "zeros")
+    one = Runtime(0, 1, 0, 1)
+    cfg = TrainConfig.from_flags(batch_size=4, momentum=0.5, weight_decay=1e-4)
+    assert optimizer_settings(sgd(model, cfg)) == (0.5, 1e-4)
+    TorchBackend(one, cfg, model, sgd(model, cfg), F.cross_entropy, data, data)  # arrays taken
+    plain = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(ConfigError, match=r"^--momentum is 0.5 but the recipe's SGD uses 0.9: "):
+        TorchBackend(one, cfg, model, plain, F.cross_entropy, data, data)
+    adam = torch.optim.Adam(model.parameters(), lr=0.1)
+    quiet = TrainConfig.from_flags(batch_size=4)
+    TorchBackend(one, quiet, model, adam, F.cross_entropy, data, data)  # --momentum not given
+    given = dataclasses.replace(quiet, changed=("momentum",))
+    with pytest.raises(ConfigError, match=r"^--momentum 0.9 does not apply to Adam"):
+        TorchBackend(one, given, model, adam, F.cross_entropy, data, data)

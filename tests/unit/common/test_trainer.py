@@ -315,7 +315,7 @@ def test_max_steps_counts_steps_in_all_on_a_rerun(tmp_path, capsys):
     again = NumpyBackend(config(tmp_path, max_steps=5))
     record = fit(again, config(tmp_path, max_steps=5), "test")
     said = capsys.readouterr()
-    assert "already trained: --max-steps 5 done (" in said.out + said.err
+    assert "already trained: step 5 done (--max-steps 5), " in said.out + said.err
     assert record["step"] == 5
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("ckpt-*"))[-1].endswith("s000000005.pkl")
     assert np.array_equal(first.w, again.w)
