@@ -219,6 +219,12 @@ class GradientConfig(FlagConfig):
         section=GRADIENTS, check=at_least(1), type=int)
     use_adasum: bool = flag(False, "combine gradients with Adasum instead of averaging",
                             section=GRADIENTS)
+    clip_grad_norm: float | None = flag(
+        None, "clip the global L2 norm of the averaged gradient to X: after Horovod's allreduce "
+        "(and --amp's unscaling), before the optimizer step, once per --batches-per-allreduce; "
+        "each epoch record carries the norm before clipping (mean, max) and the share of steps "
+        "clipped", section=GRADIENTS, type=float, metavar="X",
+        check=lambda v: None if v is None or v > 0 else f"must be positive, got {v}")
     gradient_predivide_factor: float = flag(
         1.0, "divide gradients by this before the sum and by size/factor after",
         section=GRADIENTS, type=float, check=lambda v: None if v > 0 else "must be positive")

@@ -27,6 +27,12 @@ from common.monitor.metrics import MAX_CONFUSION_CLASSES, CounterLayout, MetricS
 from common.world.runtime import Runtime, init_horovod, require_adasum_support
 
 
+def norm_stats(total: float, top: float, clipped: float, steps: int) -> dict:
+    """The epoch record's fields of ``--clip-grad-norm`` from the sums of its steps."""
+    return {"grad_norm_mean": total / steps, "grad_norm_max": top,
+            "clipped_share": clipped / steps}
+
+
 def check_optimizer_flags(cfg: TrainConfig, kind: str, momentum: float | None,
                           weight_decay: float | None) -> None:
     """ConfigError, alike on every rank, when an optimizer flag would not act: the recipe's
@@ -80,6 +86,11 @@ class Backend(abc.ABC):
         confusion = num_classes if 0 < num_classes <= MAX_CONFUSION_CLASSES else 0
         self.val_layout = CounterLayout(tuple(topk), confusion)
         self.notices = []
+
+    def epoch_stats(self) -> dict[str, Any]:
+        """Numbers of the epoch's steps that are the same on every rank (the averaged gradient's
+        norm under ``--clip-grad-norm``), for the epoch record; read once per epoch, then reset."""
+        return {}
 
     # --- the job and its collectives (every rank calls these) ---------------------------------
     hvd: Any  # the framework's Horovod module (horovod.torch, horovod.tensorflow)

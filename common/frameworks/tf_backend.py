@@ -44,6 +44,7 @@ from common.faults.watchdog import beat  # noqa: E402
 from common.frameworks.backend import (  # noqa: E402
     Backend,
     check_optimizer_flags,
+    norm_stats,
     placed,
     start_horovod,
 )
@@ -127,6 +128,45 @@ def with_weight_decay(grads, variables, weight_decay: float, loss_scale=1.0) -> 
         return list(grads)
     return [g if g is None else tf.convert_to_tensor(g) + tf.cast(weight_decay * loss_scale, g.dtype)
             * tf.cast(v, g.dtype) for g, v in zip(grads, variables, strict=True)]
+
+
+class GradNorms:
+    """The averaged gradient's norm before clipping (``--clip-grad-norm``), summed in
+    variables step by step inside the graph: the epoch's mean, max and share of steps clipped."""
+
+    def __init__(self) -> None:
+        self.values = tf.Variable(tf.zeros(4, tf.float64), trainable=False)  # sum, max, clipped, n
+
+    def add(self, norm, clip: float) -> None:
+        n = tf.cast(norm, tf.float64)
+        v = self.values
+        v.assign(tf.stack([v[0] + n, tf.maximum(v[1], n), v[2] + tf.cast(n > clip, tf.float64),
+                           v[3] + 1.0]))
+
+    def read(self) -> dict:
+        total, top, clipped, steps = self.values.numpy().tolist()
+        if not steps:
+            return {}
+        self.values.assign(tf.zeros(4, tf.float64))
+        return norm_stats(total, top, clipped, int(steps))
+
+
+@tf.autograph.experimental.do_not_convert
+def clipped(grads, clip: float, norms: GradNorms, loss_scale=1.0) -> list:
+    """``--clip-grad-norm``: the averaged gradients with their global L2 norm clipped to
+    ``clip`` (``loss_scale``: the factor they still carry), the norm before clipping noted."""
+    scaled, norm = tf.clip_by_global_norm(list(grads), clip * loss_scale)
+    norms.add(norm / loss_scale, clip)
+    return scaled
+
+
+def refuse_two_clips(optimizer, clip: float | None) -> None:
+    """ConfigError when ``--clip-grad-norm`` meets an optimizer that clips on its own (Keras's
+    ``clipnorm``, ``global_clipnorm``, ``clipvalue``: applied per worker, before the average)."""
+    if clip and any(getattr(optimizer, k, None) for k in ("clipnorm", "global_clipnorm",
+                                                           "clipvalue")):
+        raise ConfigError("--clip-grad-norm clips the averaged gradient: build the optimizer "
+                          "without its own clipnorm, global_clipnorm or clipvalue")
 
 
 def refuse_two_weight_decays(optimizer, weight_decay: float) -> None:
@@ -241,6 +281,12 @@ class TFBackend(Backend):
             # gradients overflow (model.fit wraps its own optimizer so).
             optimizer = self.optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
         refuse_two_weight_decays(optimizer, cfg.optimizer.weight_decay)
+        # model.fit's optimizer clips in the core's Keras optimizer (keras_fit.sgd) and notes
+        # the norms there; the custom loop clips in its train step.
+        core = getattr(getattr(optimizer, "inner_optimizer", optimizer), "grad_norms", None)
+        self.grad_norms = core or GradNorms()
+        if core is None:
+            refuse_two_clips(optimizer, cfg.gradients.clip_grad_norm)
         check_optimizer_flags(cfg, type(getattr(optimizer, "inner_optimizer", optimizer)).__name__,
                               optimizer_momentum(optimizer), None)
         optimizer.build(model.trainable_variables)
@@ -342,7 +388,7 @@ class TFBackend(Backend):
         activations are held at once)."""
         model, optimizer, loss_fn, passes = self.model, self.optimizer, self.loss_fn, self.passes
         layout, cfg = self.train_layout, self.cfg
-        decay = cfg.optimizer.weight_decay
+        decay, clip, norms = cfg.optimizer.weight_decay, cfg.gradients.clip_grad_norm, self.grad_norms
 
         @tf.function
         def step(x, y):
@@ -357,9 +403,12 @@ class TFBackend(Backend):
                     sums += counters(out, ys, loss, layout)
                 scaled = optimizer.scale_loss(total) if hasattr(optimizer, "scale_loss") else total
             grads = averaged_gradients(tape, scaled, model.trainable_variables, cfg)  # distributed
-            if decay:  # what the loss was scaled by, so that the L2 term is scaled alike
-                scale = optimizer.scale_loss(tf.constant(1.0)) if hasattr(optimizer, "scale_loss") \
-                    else 1.0
+            # what the loss was scaled by, so that the clip bound and the L2 term scale alike
+            scale = optimizer.scale_loss(tf.constant(1.0)) if hasattr(optimizer, "scale_loss") \
+                else 1.0
+            if clip:  # the averaged gradient, before the L2 term (as torch's SGD applies it)
+                grads = clipped(grads, clip, norms, scale)
+            if decay:
                 grads = with_weight_decay(grads, model.trainable_variables, decay, scale)
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return sums
@@ -386,3 +435,6 @@ class TFBackend(Backend):
 
     def scalar_writer(self, log_dir: str):
         return _ScalarWriter(log_dir)
+
+    def epoch_stats(self) -> dict:
+        return self.grad_norms.read() if self.cfg.gradients.clip_grad_norm else {}

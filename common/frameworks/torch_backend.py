@@ -23,7 +23,13 @@ from common.base.files import CheckpointError, verified, with_checksum
 from common.config.core import TrainConfig
 from common.data.datasets import ArrayDataset
 from common.faults.watchdog import beat
-from common.frameworks.backend import Backend, check_optimizer_flags, placed, start_horovod
+from common.frameworks.backend import (
+    Backend,
+    check_optimizer_flags,
+    norm_stats,
+    placed,
+    start_horovod,
+)
 from common.frameworks.torch_data import sharded_loader
 from common.monitor.metrics import CounterLayout, MetricSums, StepTimes
 from common.monitor.output import tensorboard_without_tensorflow
@@ -149,6 +155,33 @@ def counters(out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor,
     return torch.cat(parts)
 
 
+class GradNorms:
+    """The averaged gradient's norm before clipping, summed on the device step by step (no host
+    read in a step): the epoch's mean, max and share of steps clipped."""
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.values = torch.zeros(3, dtype=torch.float64, device=self.device)  # sum, max, clipped
+        self.steps = 0
+
+    def add(self, norm: torch.Tensor, clip: float) -> None:
+        n = norm.to(torch.float64)
+        self.values = torch.stack([self.values[0] + n, torch.maximum(self.values[1], n),
+                                   self.values[2] + (n > clip).to(torch.float64)])
+        self.steps += 1
+
+    def read(self) -> dict:
+        if not self.steps:
+            return {}
+        total, top, clipped = self.values.cpu().tolist()
+        stats = norm_stats(total, top, clipped, self.steps)
+        self.reset()
+        return stats
+
+
 def require_distributed(optimizer: torch.optim.Optimizer, workers: int) -> None:
     """UserError, alike on every rank, for an optimizer that would not average the gradients
     over the workers: each would train a model of its own and the run would look fine."""
@@ -201,6 +234,10 @@ class TorchBackend(Backend):
                                          drop_last=False)
         self.adasum_local_size = (rt.local_size if pin and hvd.nccl_built() else 1)
         self.times = StepTimes()
+        self.grad_norms = GradNorms(self.device)
+
+    def epoch_stats(self) -> dict:
+        return self.grad_norms.read()
 
     # --- the job and its collectives ------------------------------------------------------------
     def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
@@ -304,12 +341,22 @@ class TorchBackend(Backend):
             (scaler.scale(weighted) if scaler else weighted).backward()
             total = total + counters(out, ys, loss, self.train_layout)
         waiting = time.perf_counter()  # for the allreduces backward has not hidden
-        if scaler is not None:
+        clip = self.cfg.gradients.clip_grad_norm
+        if scaler is not None or clip:
+            # Horovod's order: the averaged gradients first, then unscale and clip, then step.
             optimizer.synchronize()
-            scaler.unscale_(optimizer)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if clip:
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                self.grad_norms.add(norm.detach(), clip)
             with optimizer.skip_synchronize():
-                scaler.step(optimizer)
-            scaler.update()
+                if scaler is not None:
+                    scaler.step(optimizer)
+                else:
+                    optimizer.step()
+            if scaler is not None:
+                scaler.update()
         else:
             optimizer.step()
         self.times.end_step(began, waiting)

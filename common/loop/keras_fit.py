@@ -23,8 +23,11 @@ import numpy as np
 # import it with its start-up lines.
 from common.frameworks import tf_backend
 from common.frameworks.tf_backend import (
+    GradNorms,
     TFBackend,
+    clipped,
     compression,
+    refuse_two_clips,
     refuse_two_weight_decays,
     shard_dataset,
     tf,
@@ -49,8 +52,8 @@ def distributed_optimizer(optimizer, cfg: TrainConfig):
     gradient options; accumulated passes are averaged, as in the other recipes, and
     ``--weight-decay`` is added to the averaged gradient (``tf_backend.with_weight_decay``)."""
     g = cfg.gradients
-    if cfg.optimizer.weight_decay:
-        optimizer = _with_weight_decay(optimizer, cfg.optimizer.weight_decay)
+    if cfg.optimizer.weight_decay or g.clip_grad_norm:
+        optimizer = _with_core_gradients(optimizer, cfg.optimizer.weight_decay, g.clip_grad_norm)
     return hvd_keras.DistributedOptimizer(
         optimizer, compression=compression(cfg), backward_passes_per_step=g.batches_per_allreduce,
         average_aggregated_gradients=True,
@@ -74,18 +77,24 @@ def compiled_backend(rt, cfg: TrainConfig, model, train, val, **kwargs) -> TFBac
     return TFBackend(rt, cfg, model, model.optimizer, loss, train, val, **kwargs)
 
 
-def _with_weight_decay(optimizer, weight_decay: float):
-    """The optimizer, as a subclass that adds the L2 term to the gradients it applies. Horovod's
-    optimizer subclasses it in turn, and calls it once per step with the averaged gradients."""
+def _with_core_gradients(optimizer, weight_decay: float, clip: float | None):
+    """The optimizer, as a subclass that clips the gradients it applies to ``--clip-grad-norm``
+    and adds the L2 term to them. Horovod's optimizer subclasses it in turn, and calls it once
+    per step (every ``--batches-per-allreduce`` batches) with the averaged gradients; its
+    ``grad_norms`` note each step's norm before clipping."""
     refuse_two_weight_decays(optimizer, weight_decay)
+    refuse_two_clips(optimizer, clip)
     base = type(optimizer)
+    norms = GradNorms()
 
     def apply_gradients(self, grads_and_vars, *args, **kwargs):
         grads, variables = zip(*grads_and_vars, strict=True)
+        if clip:
+            grads = clipped(grads, clip, norms)
         grads = with_weight_decay(grads, variables, weight_decay)
         return base.apply_gradients(self, list(zip(grads, variables, strict=True)), *args, **kwargs)
 
-    cls = type(base.__name__, (base,), {"apply_gradients": apply_gradients})
+    cls = type(base.__name__, (base,), {"apply_gradients": apply_gradients, "grad_norms": norms})
     return cls.from_config(optimizer.get_config())
 
 

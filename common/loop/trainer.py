@@ -289,7 +289,7 @@ class Trainer:
                        lr=self.lr(max(self.state.step - 1, 0)), train=self.train_sums,
                        val=self.val_sums, samples_per_sec=self.samples_per_sec,
                        world_size=self.rt.size, elapsed=elapsed, checkpoint=saved, balance=balance,
-                       warmup=self.epochs_run == 1)
+                       warmup=self.epochs_run == 1, gradients=b.epoch_stats())
 
     def save(self, epoch_sums: MetricSums | None) -> str | None:
         """Checkpoint the loop's position (a collective; the divergence guard checks first);

@@ -168,20 +168,25 @@ class Reporter:
     def epoch(self, *, epoch: int, epochs: int, step: int, lr: float, train: MetricSums,
               val: MetricSums, samples_per_sec: float, world_size: int, elapsed: float,
               checkpoint: str | None, balance: dict[str, Any] | None = None,
-              warmup: bool = False) -> None:
+              warmup: bool = False, gradients: dict[str, float] | None = None) -> None:
         """The end of an epoch: one printed line, one JSON record, TensorBoard scalars.
 
         ``train`` and ``val`` are global MetricSums; every metric they support is recorded.
         ``balance``: the epoch's load balance (``common.monitor.balance.summarize``); its straggler
         verdict, when there is one, is printed on the next line. ``warmup``: the epoch is
         the run's first, whose samples/s include start-up (tracing, first allocations).
+        ``gradients``: the averaged gradient's norm before clipping (``--clip-grad-norm``).
         """
+        gradients = gradients or {}
         balance = balance or {}
         fields = _metric_fields(train, val)
         extra = {k: v for k, v in fields.items() if k not in _MAIN_FIELDS}
         self.print(f"epoch {epoch}/{epochs}: train loss {train.loss:.4f} acc {train.accuracy:.4f}"
                    f" | val loss {val.loss:.4f} acc {val.accuracy:.4f}"
                    + "".join(f" {k} {v:.4f}" for k, v in extra.items())
+                   + (f" | grad norm {gradients['grad_norm_mean']:.3g} (max "
+                      f"{gradients['grad_norm_max']:.3g}, {gradients['clipped_share']:.0%} "
+                      "clipped)" if gradients else "")
                    + f" | {samples_per_sec:,.0f} samples/s"
                    + (" (first epoch: includes start-up and tracing)" if warmup else ""))
         if balance.get("straggler"):
@@ -190,7 +195,7 @@ class Reporter:
                     samples_per_sec=samples_per_sec,
                     samples_per_sec_per_worker=samples_per_sec / world_size,
                     epoch_time_s=elapsed, checkpoint=checkpoint, includes_warmup=warmup,
-                    **balance)
+                    **gradients, **balance)
         self.scalars(step, **{k.replace("_", "/", 1): v for k, v in fields.items()}, lr=lr,
                      samples_per_sec=samples_per_sec,
                      **{f"balance/{k}": balance.get(k) for k in ("balance_spread", "comm_share")})

@@ -1,9 +1,10 @@
-"""Three steps of a TensorFlow training path with --weight-decay, as JSON.
+"""Three steps of a TensorFlow training path with --weight-decay (and --clip-grad-norm), as JSON.
 
-Usage: python tests/helpers/tf_weight_decay.py custom|keras MOMENTUM WEIGHT_DECAY
+Usage: [horovodrun -np N] python tests/helpers/tf_weight_decay.py custom|keras MOMENTUM
+       WEIGHT_DECAY [CLIP]
 
-One process, one Horovod worker, a Dense(3) layer on 8 fixed samples of 4 features and SGD at
-LR 0.1. ``custom``: the custom loop's step (``TFBackend.train_step``: Horovod's tape, then the
+A Dense(3) layer on 8 fixed samples of 4 features and SGD at LR 0.1; on N workers rank r takes
+samples r, r+N, ... (each step's global batch is the 8). With CLIP, --clip-grad-norm CLIP. ``custom``: the custom loop's step (``TFBackend.train_step``: Horovod's tape, then the
 L2 term) with Keras 3 SGD. ``keras``: ``model.fit`` on tf-keras with the core's
 ``keras_fit.distributed_optimizer``. Prints the initial and the trained kernel and bias, so that
 a test can replay the steps with ``torch.optim.SGD`` (TensorFlow stays out of the test process).
@@ -16,6 +17,7 @@ import os
 import sys
 
 path, momentum, weight_decay = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+clip = float(sys.argv[4]) if len(sys.argv) > 4 else None
 if path == "keras":
     os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported
 
@@ -26,11 +28,13 @@ from common.data.datasets import ArrayDataset  # noqa: E402
 from common.frameworks.tf_backend import TFBackend, init, tf  # noqa: E402
 
 keras = tf.keras
-cfg = TrainConfig.from_flags(batch_size=8, momentum=momentum, weight_decay=weight_decay)
+cfg = TrainConfig.from_flags(batch_size=8, momentum=momentum, weight_decay=weight_decay,
+                             clip_grad_norm=clip)
 rt = init(cfg)
 rng = np.random.default_rng(0)
-x = rng.random((8, 4), dtype=np.float32)
-y = rng.integers(0, 3, 8)
+x_all = rng.random((8, 4), dtype=np.float32)
+y_all = rng.integers(0, 3, 8)
+x, y = x_all[rt.rank::rt.size], y_all[rt.rank::rt.size]  # this worker's share of each step
 model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
 start = [w.numpy().tolist() for w in model.weights]
 optimizer = keras.optimizers.SGD(0.1, momentum=momentum)
@@ -39,11 +43,14 @@ if path == "keras":
     from common.loop.keras_fit import distributed_optimizer
 
     model.compile(optimizer=distributed_optimizer(optimizer, cfg), loss=loss_fn)
-    model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+    model.fit(x, y, batch_size=len(y), epochs=3, shuffle=False, verbose=0)
+    norms = model.optimizer.grad_norms.read() if clip else {}
 else:
     backend = TFBackend(rt, cfg, model, optimizer, loss_fn, ArrayDataset(x, y, "fixed"),
                         ArrayDataset(x, y, "fixed"))
     for _ in range(3):
         backend.train_step((tf.constant(x), tf.constant(y)))
-print(json.dumps({"x": x.tolist(), "y": y.tolist(), "start": start,
-                  "end": [w.numpy().tolist() for w in model.weights]}))
+    norms = backend.epoch_stats()
+if rt.rank == 0:
+    print(json.dumps({"x": x_all.tolist(), "y": y_all.tolist(), "start": start, "norms": norms,
+                      "end": [w.numpy().tolist() for w in model.weights]}))
