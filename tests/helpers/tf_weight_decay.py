@@ -4,8 +4,9 @@ Usage: [horovodrun -np N] python tests/helpers/tf_weight_decay.py custom|keras M
        WEIGHT_DECAY [CLIP]
 
 A Dense(3) layer on 8 fixed samples of 4 features and SGD at LR 0.1; on N workers rank r takes
-samples r, r+N, ... (each step's global batch is the 8). With CLIP, --clip-grad-norm CLIP. ``custom``: the custom loop's step (``TFBackend.train_step``: Horovod's tape, then the
-L2 term) with Keras 3 SGD. ``keras``: ``model.fit`` on tf-keras with the core's
+samples r, r+N, ... (each step's global batch is the 8). With CLIP, --clip-grad-norm CLIP.
+``custom``: the custom loop's step (``TFBackend.train_step``: Horovod's tape, then the clip and
+the L2 term) with Keras 3 SGD. ``keras``: ``model.fit`` on tf-keras with the core's
 ``keras_fit.distributed_optimizer``. Prints the initial and the trained kernel and bias, so that
 a test can replay the steps with ``torch.optim.SGD`` (TensorFlow stays out of the test process).
 """
