@@ -89,6 +89,10 @@ class RunConfig(FlagConfig):
         opt_in="data")
     amp: bool = flag(False, "automatic mixed precision on CUDA (bf16, or fp16 with a grad "
                      "scaler); ignored with a notice on CPU", section=TRAINING)
+    sync_bn: bool = flag(
+        False, "synchronized batch norm (PyTorch): every batch norm layer normalises with the "
+        "statistics of the global batch, every worker's samples (Horovod's SyncBatchNorm)",
+        section=TRAINING)
     threads_per_worker: int | None = flag(
         None, "CPU threads per worker (default: cores / local workers)", section=GRADIENTS,
         check=at_least(1, show=False), type=int)

@@ -280,6 +280,12 @@ class TFBackend(Backend):
             # The custom loop's Keras 3 optimizer scales the loss and skips steps whose
             # gradients overflow (model.fit wraps its own optimizer so).
             optimizer = self.optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+        if cfg.run.sync_bn:
+            has_bn = any("BatchNormalization" in type(layer).__name__
+                         for layer in getattr(model, "layers", []))
+            raise ConfigError("--sync-bn: " + ("the TensorFlow recipes have no synchronized batch "
+                                               "norm yet" if has_bn else
+                                               "the model has no batch norm layer to synchronize"))
         refuse_two_weight_decays(optimizer, cfg.optimizer.weight_decay)
         # model.fit's optimizer clips in the core's Keras optimizer (keras_fit.sgd) and notes
         # the norms there; the custom loop clips in its train step.

@@ -20,9 +20,10 @@ import torch
 
 from common.base.errors import UserError
 from common.base.files import CheckpointError, verified, with_checksum
-from common.config.core import TrainConfig
+from common.config.core import ConfigError, TrainConfig
 from common.data.datasets import ArrayDataset
 from common.faults.watchdog import beat
+from common.frameworks import torch_sync_bn
 from common.frameworks.backend import (
     Backend,
     check_optimizer_flags,
@@ -218,6 +219,11 @@ class TorchBackend(Backend):
                  val_batch_size: int = 256) -> None:
         if self.averages_gradients and rt.size > 1:
             require_distributed(optimizer, rt.size)
+        if cfg.run.sync_bn:
+            if not self.averages_gradients:
+                raise ConfigError("--sync-bn works with data parallelism, not with this "
+                                  "strategy's own gradient exchange")
+            torch_sync_bn.convert(model)
         if optimizer is not None:  # (a parameter server's server ranks have none)
             check_optimizer_flags(cfg, type(optimizer).__name__, *optimizer_settings(optimizer))
         if isinstance(train_set, ArrayDataset):
