@@ -13,7 +13,9 @@ In one invocation, on this machine, with the environment as the user has it:
 * TensorFlow: N plain loops side by side (``benchmarks.tf_baseline``) and the TensorFlow
   synthetic benchmark recipe at ``-np N`` under ``horovodrun``;
 * the CIFAR ResNet recipe's whole training loop (data loading, augmentation, metrics; no
-  checkpoints) on generated CIFAR-format data at np=1 and np=N: its scaling efficiency.
+  checkpoints) on generated CIFAR-format data at np=1 and np=N: its scaling efficiency;
+* ``compile``: the PyTorch recipe with ``--compile`` (torch.compile) and the same run eager, its
+  reference, in the same round: what compiling buys (the warm-up batches take the compilation).
 
 Every row runs ``--rounds`` times, interleaved (round 1 of every row, then round 2, ...) so a
 slow spell of the machine hits every row alike. The table reports each row's median, and each
@@ -101,6 +103,10 @@ def build_rows(a: argparse.Namespace, data_dir: str) -> list[Row]:
         Row("horovodrun --gloo", "pytorch", [[*horovodrun, "--gloo", py, *torch_recipe]],
             "benchmark"),
         Row("mpirun", "pytorch", [[*mpirun_command(n), py, *torch_recipe]], "benchmark"),
+        Row("horovodrun --compile", "compile", [[*horovodrun, py, *torch_recipe, "--compile"]],
+            "benchmark"),
+        Row("horovodrun, eager (as --compile's reference)", "compile",
+            [[*horovodrun, py, *torch_recipe]], "benchmark"),
         Row("torchrun DDP (gloo)", "pytorch",
             [[str(BIN / "torchrun"), "--nproc_per_node", str(n), "-m", "benchmarks.torch_baseline",
               *baseline]],
@@ -176,6 +182,8 @@ def summarise(rows: list[Row], n: int) -> list[dict]:
     ceiling = {r.group: r.rates for r in rows if r.name.startswith("ceiling")}
     ddp = next((r.rates for r in rows if r.name.startswith("torchrun")), None)
     single = next((r.rates for r in rows if r.name == "CIFAR recipe, np=1"), None)
+    eager = next((r.rates for r in rows if r.group == "compile" and r.name != "horovodrun --compile"),
+                 None)
     out = []
     for r in rows:
         d = {"name": r.name, "group": r.group, "rate": r.rate, "rounds": r.rates, "error": r.error,
@@ -185,6 +193,8 @@ def summarise(rows: list[Row], n: int) -> list[dict]:
         if (r.group == "pytorch" and not r.name.startswith(("ceiling", "torchrun"))
                 and (v := _ratio(r.rates, ddp))):
             d["vs_ddp"] = v
+        if r.name == "horovodrun --compile" and (v := _ratio(r.rates, eager)):
+            d["vs_eager"] = v
         if r.name == "CIFAR recipe, np=N" and (v := _ratio(r.rates, single, n)):
             d["scaling_efficiency"] = v
         out.append(d)
@@ -199,13 +209,14 @@ def table(summary: list[dict], n: int) -> str:
     def pct(v):
         return f"{100 * v:.0f}%" if v is not None else ""
 
-    lines = ["| run | samples/s (median) | rounds | of ceiling | vs DDP | scaling efficiency |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| run | samples/s (median) | rounds | of ceiling | vs DDP (compile: vs eager) | "
+             "scaling efficiency |", "|---|---|---|---|---|---|"]
     for d in summary:
         name = _label(d["name"], n)
         rate = f"{d['rate']:.1f}" if d["rate"] else f"failed: {d['error']}"
         rounds = ", ".join(f"{v:.1f}" for v in d["rounds"])
-        vs = f"{d['vs_ddp']:.2f}x" if "vs_ddp" in d else ""
+        vs = f"{d['vs_ddp']:.2f}x" if "vs_ddp" in d else (
+            f"{d['vs_eager']:.2f}x" if "vs_eager" in d else "")
         lines.append(f"| {name} | {rate} | {rounds} | {pct(d.get('of_ceiling'))} | {vs} | "
                      f"{pct(d.get('scaling_efficiency'))} |")
     return "\n".join(lines)
@@ -217,7 +228,8 @@ def chart(summary: list[dict], n: int, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [g for g in ("pytorch", "tensorflow", "cifar") if any(d["group"] == g for d in summary)]
+    groups = [g for g in ("pytorch", "tensorflow", "cifar", "compile")
+              if any(d["group"] == g for d in summary)]
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4.5), squeeze=False)
     for ax, g in zip(axes[0], groups, strict=True):
         rows = [d for d in summary if d["group"] == g]
@@ -253,7 +265,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cifar-batch-size", type=int, default=64)
     p.add_argument("--cifar-steps", type=int, default=40, help="training steps per CIFAR run")
     p.add_argument("--rounds", type=int, default=2, help="runs of every row; the median is reported")
-    p.add_argument("--only", choices=("pytorch", "tensorflow", "cifar"), action="append",
+    p.add_argument("--only", choices=("pytorch", "tensorflow", "cifar", "compile"), action="append",
                    help="run only these groups (repeatable; default: all)")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed for one run")
     p.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.png")

@@ -85,7 +85,7 @@ class CheckpointManager:
 
     # Settings that may differ between a run and its resumption without changing what is trained.
     _NOT_SETTINGS = {"checkpoint_dir", "metrics_file", "log_dir", "progress", "progress_every",
-                     "run_dir", "stall_timeout", "stop_signals", "epochs",
+                     "run_dir", "stall_timeout", "stop_signals", "compile", "epochs",
                      "max_steps", "data_workers", "threads_per_worker", "keep_checkpoints",
                      "checkpoint_epochs", "checkpoint_steps"}
 

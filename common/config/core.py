@@ -89,6 +89,10 @@ class RunConfig(FlagConfig):
         opt_in="data")
     amp: bool = flag(False, "automatic mixed precision on CUDA (bf16, or fp16 with a grad "
                      "scaler); ignored with a notice on CPU", section=TRAINING)
+    compile: bool = flag(
+        False, "torch.compile the model (PyTorch): its forward and backward run compiled; "
+        "checkpoints hold the plain module's state, so they load with or without --compile",
+        section=TRAINING)
     sync_bn: bool = flag(
         False, "synchronized batch norm (PyTorch): every batch norm layer normalises with the "
         "statistics of the global batch, every worker's samples (Horovod's SyncBatchNorm)",

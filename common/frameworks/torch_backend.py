@@ -224,6 +224,15 @@ class TorchBackend(Backend):
                 raise ConfigError("--sync-bn works with data parallelism, not with this "
                                   "strategy's own gradient exchange")
             torch_sync_bn.convert(model)
+        # What runs the forward passes: the model, or its torch.compile'd wrapper (which shares
+        # its parameters; the plain module's state goes into checkpoints, without the
+        # wrapper's "_orig_mod." prefix).
+        self.net = model
+        if cfg.run.compile:
+            if not self.averages_gradients:
+                raise ConfigError("--compile works with data parallelism, not with this "
+                                  "strategy's own gradient exchange")
+            self.net = torch.compile(model)
         if optimizer is not None:  # (a parameter server's server ranks have none)
             check_optimizer_flags(cfg, type(optimizer).__name__, *optimizer_settings(optimizer))
         if isinstance(train_set, ArrayDataset):
@@ -341,7 +350,7 @@ class TorchBackend(Backend):
         total = self.zero_counters()
         for xs, ys in zip(x.chunk(self.passes), y.chunk(self.passes), strict=True):
             with self.precision.autocast():
-                out = model(xs)
+                out = self.net(xs)
                 loss = self.loss_fn(out, ys)
             weighted = loss * (len(ys) / len(y))
             (scaler.scale(weighted) if scaler else weighted).backward()
@@ -398,7 +407,7 @@ class TorchBackend(Backend):
         """One validation batch's metric counters on this rank (None: it holds none)."""
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with self.precision.autocast():
-            out = self.model(x)
+            out = self.net(x)
             loss = self.loss_fn(out, y)
         return counters(out, y, loss, self.val_layout)
 

@@ -24,7 +24,10 @@ def test_bench_runs_every_row_and_writes_them(tmp_path):
         [str(BIN / "python"), "-m", "benchmarks.bench", "--np", "2", "--model", "shufflenet_v2_x0_5",
          "--tf-model", "MobileNet", "--image-size", "32", "--batch-size", "2", "--warmup", "1",
          "--iters", "2", "--batches-per-iter", "1", "--cifar-depth", "8", "--cifar-steps", "3",
-         "--cifar-batch-size", "4", "--rounds", "1", "--out", str(out)],
+         "--cifar-batch-size", "4", "--rounds", "1", "--out", str(out),
+         # (not the compile group: a cold torch.compile of the model costs minutes of CPU here;
+         # --compile itself is tested in tests/jobs/training/test_compile.py)
+         "--only", "pytorch", "--only", "tensorflow", "--only", "cifar"],
         cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     result = json.loads((out / "bench.json").read_text())
