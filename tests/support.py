@@ -12,6 +12,7 @@ import fcntl
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -508,3 +509,42 @@ def write_image_folders(root: Path, classes=3, train_per_class=6, val_per_class=
             for i in range(n):
                 pixels = rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+# --- the docs' captured output -----------------------------------------------------------------
+
+OWN_RECIPE_PAGE = ROOT / "docs" / "own-recipe.md"
+
+
+def page_block(marker: str, page=OWN_RECIPE_PAGE) -> str:
+    """The fenced block after ``<!-- marker -->`` on the page."""
+    text = page.read_text()
+    m = re.search(rf"<!-- {re.escape(marker)} -->\n```[a-z]*\n(.*?)\n```", text, re.S)
+    assert m, f"no block marked {marker!r} in {page}"
+    return m.group(1)
+
+
+def kinds(lines) -> list[str]:
+    """Each line's kind: its opening words, with numbers as #; a run of one kind counts once (notes,
+    which depend on the situation, and progress lines are not counted)."""
+    out: list[str] = []
+    for line in lines:
+        m = re.match(r"(fresh run|resumed from|config|runtime settings|[\w/]+(?=: \d+ train)|"
+                     r"epoch [\d/]+|final|already trained)", line)
+        kind = re.sub(r"\d+", "#", m.group(1)) if m else None
+        if kind and (not out or out[-1] != kind):
+            out.append(kind)
+    return out
+
+
+def shows_like_the_page(stdout: str, marker: str, page=OWN_RECIPE_PAGE) -> None:
+    """The run prints the kinds of line the page shows, in its order (the page cuts epochs with
+    '...'), and the run's first epoch is marked as including start-up as on the page."""
+    shown = [ln for ln in page_block(f"first-screen: {marker}", page).splitlines() if ln != "..."]
+    printed = [ln for ln in stdout.splitlines() if ln.strip()]
+    want, got = kinds(shown), kinds(printed)
+    assert got[:len(want)] == want, (want, got)
+    first = next(ln for ln in printed if ln.startswith("epoch "))
+    assert "(first epoch: includes start-up and tracing)" in first, first
+    config = next(ln for ln in printed if ln.startswith("config: "))
+    assert len(re.sub(r"\S*/\S*", "", config)) < 200, config  # the settings given (paths aside)
