@@ -302,6 +302,23 @@ class TFBackend(Backend):
     def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
         return allreduce_sum(values)
 
+    def elastic_run(self, func):
+        """``hvd.elastic.run``, with any failed Horovod op taken for a lost worker. Horovod's
+        own wrapper knows only the Allreduce, Allgather and Broadcast ops by name, and returns
+        quietly from any other TensorFlow UnknownError: a failed grouped allreduce (Keras 3's
+        ``model.fit`` here) would end training as if it were done."""
+        from horovod.common.exceptions import HorovodInternalError
+
+        def guarded(state, *args, **kwargs):
+            try:
+                return func(state, *args, **kwargs)
+            except tf.errors.UnknownError as e:
+                if "Horovod" in (e.message or ""):
+                    raise HorovodInternalError(e) from e
+                raise
+
+        return hvd.elastic.run(guarded)
+
     # --- random number generators ---------------------------------------------------------------
     def rng_state(self) -> dict:
         """Python's, numpy's and TensorFlow's global generator, as JSON values."""

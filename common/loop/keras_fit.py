@@ -6,9 +6,10 @@ end ``Trainer.end_epoch`` (exact global metrics from each rank's sums, validatio
 backend, the ``SavePolicy``'s checkpoint, rank 0's line, record and scalars), exactly as the
 custom loops do. Horovod 0.28.1's own Keras callbacks crash on TF 2.21 and are not used.
 
-Use with tf-keras (``TF_USE_LEGACY_KERAS=1`` before TensorFlow is imported) and Horovod's
-Keras ``DistributedOptimizer`` (:func:`distributed_optimizer`). ``model.fit`` resumes at epoch
-boundaries: a checkpoint written mid-epoch restarts its epoch.
+Works with Keras 3 (the default) and with tf-keras (``TF_USE_LEGACY_KERAS=1`` before TensorFlow
+is imported): the optimizer given to ``model.compile`` averages the gradients through
+``common.frameworks.keras_optimizer.distributed_optimizer`` (:func:`sgd` builds the flags' one).
+``model.fit`` resumes at epoch boundaries: a checkpoint written mid-epoch restarts its epoch.
 """
 
 from __future__ import annotations
@@ -19,27 +20,15 @@ from typing import Any
 
 import numpy as np
 
-# First: TensorFlow is imported there, quietly (common.world.quiet); horovod.tensorflow.keras would
-# import it with its start-up lines.
-from common.frameworks import tf_backend
-from common.frameworks.tf_backend import (
-    GradNorms,
-    TFBackend,
-    clipped,
-    compression,
-    refuse_two_clips,
-    refuse_two_weight_decays,
-    shard_dataset,
-    tf,
-    with_weight_decay,
-)
-
-import horovod.tensorflow.keras as hvd_keras  # isort: skip
-
 from common.base.errors import UserError
 from common.config.core import TrainConfig
 from common.config.strategies import ElasticConfig
 from common.faults.watchdog import beat
+
+# First: TensorFlow is imported there, quietly (common.world.quiet).
+from common.frameworks import tf_backend
+from common.frameworks.keras_optimizer import KERAS_3, distributed_optimizer
+from common.frameworks.tf_backend import TFBackend, shard_dataset, tf
 from common.loop import trainer
 from common.loop.trainer import Trainer
 from common.monitor.metrics import MetricSums, Throughput
@@ -47,23 +36,9 @@ from common.monitor.metrics import MetricSums, Throughput
 keras = tf.keras
 
 
-def distributed_optimizer(optimizer, cfg: TrainConfig):
-    """Wrap a tf-keras optimizer in Horovod's Keras DistributedOptimizer with the core's
-    gradient options; accumulated passes are averaged, as in the other recipes, and
-    ``--weight-decay`` is added to the averaged gradient (``tf_backend.with_weight_decay``)."""
-    g = cfg.gradients
-    if cfg.optimizer.weight_decay or g.clip_grad_norm:
-        optimizer = _with_core_gradients(optimizer, cfg.optimizer.weight_decay, g.clip_grad_norm)
-    return hvd_keras.DistributedOptimizer(
-        optimizer, compression=compression(cfg), backward_passes_per_step=g.batches_per_allreduce,
-        average_aggregated_gradients=True,
-        op=hvd_keras.Adasum if g.use_adasum else hvd_keras.Average,
-        gradient_predivide_factor=g.gradient_predivide_factor)
-
-
 def sgd(cfg: TrainConfig):
-    """The flags' SGD (``--base-lr``, ``--momentum``, ``--weight-decay``), already Horovod's
-    Keras DistributedOptimizer: what ``model.compile(optimizer=...)`` takes."""
+    """The flags' SGD (``--base-lr``, ``--momentum``, ``--weight-decay``), already distributed
+    (``keras_optimizer.distributed_optimizer``): what ``model.compile(optimizer=...)`` takes."""
     return distributed_optimizer(tf_backend.sgd(cfg), cfg)
 
 
@@ -74,28 +49,13 @@ def compiled_backend(rt, cfg: TrainConfig, model, train, val, **kwargs) -> TFBac
         raise UserError("compile the model with an optimizer and a loss first: "
                         "model.compile(optimizer=sgd(cfg), loss=..., metrics=['accuracy'])")
     loss = model.loss if callable(model.loss) else tf.keras.losses.get(model.loss)
+    if KERAS_3:
+        if hasattr(model.optimizer, "inner_optimizer"):  # mixed_float16 (GPUs before Ampere)
+            raise UserError("--amp on this GPU needs loss scaling, which Keras 3's model.fit "
+                            "decides on each worker's own gradients: use the custom loop "
+                            "(recipes/tensorflow/mnist.py) or tf-keras (TF_USE_LEGACY_KERAS=1)")
+        model.jit_compile = False  # Horovod's ops have no XLA kernels
     return TFBackend(rt, cfg, model, model.optimizer, loss, train, val, **kwargs)
-
-
-def _with_core_gradients(optimizer, weight_decay: float, clip: float | None):
-    """The optimizer, as a subclass that clips the gradients it applies to ``--clip-grad-norm``
-    and adds the L2 term to them. Horovod's optimizer subclasses it in turn, and calls it once
-    per step (every ``--batches-per-allreduce`` batches) with the averaged gradients; its
-    ``grad_norms`` note each step's norm before clipping."""
-    refuse_two_weight_decays(optimizer, weight_decay)
-    refuse_two_clips(optimizer, clip)
-    base = type(optimizer)
-    norms = GradNorms()
-
-    def apply_gradients(self, grads_and_vars, *args, **kwargs):
-        grads, variables = zip(*grads_and_vars, strict=True)
-        if clip:
-            grads = clipped(grads, clip, norms)
-        grads = with_weight_decay(grads, variables, weight_decay)
-        return base.apply_gradients(self, list(zip(grads, variables, strict=True)), *args, **kwargs)
-
-    cls = type(base.__name__, (base,), {"apply_gradients": apply_gradients, "grad_norms": norms})
-    return cls.from_config(optimizer.get_config())
 
 
 def accuracy_key(logs) -> str | None:
@@ -180,6 +140,16 @@ class TrainerCallback(keras.callbacks.Callback):
             self.on_step(True)
 
 
+class _TensorLogs(keras.callbacks.CallbackList):
+    """Keras 3's callback list, handing each batch's logs over as tensors: Keras 3 converts
+    them to Python numbers first (a device read every step); the core's callback reads them
+    only when needed, as tf-keras lets it (``_supports_tf_logs``)."""
+
+    def _on_train_batch_end(self, batch, logs=None):
+        for callback in self.callbacks:
+            callback.on_train_batch_end(batch, logs=logs)
+
+
 def _fit_epochs(t: Trainer, on_step: Callable[[bool], None] | None) -> None:
     """``model.fit`` from the trainer's epoch to the last, on the current world. It starts at
     epoch boundaries: after a mid-epoch checkpoint (resumed, rolled back to, or an elastic
@@ -198,12 +168,16 @@ def _fit_epochs(t: Trainer, on_step: Callable[[bool], None] | None) -> None:
         part = shard_dataset(b.inputs, b.train.labels, b.train_indices(t.cfg.run.seed, epoch, 0),
                              batch)
         ds = part if ds is None else ds.concatenate(part)
+    steps = t.n_steps * t.cfg.gradients.batches_per_allreduce
+    callback = TrainerCallback(t, on_step)
+    callbacks = _TensorLogs([callback], add_history=True, model=b.model, epochs=t.cfg.run.epochs,
+                            steps=steps,
+                            verbose=0) if KERAS_3 else [callback]
     quiet = _NotOurCallbackTiming()
     logging.getLogger("tensorflow").addFilter(quiet)
     try:
         b.model.fit(ds, epochs=t.cfg.run.epochs, initial_epoch=t.state.epoch,
-                    steps_per_epoch=t.n_steps * t.cfg.gradients.batches_per_allreduce,
-                    callbacks=[TrainerCallback(t, on_step)], verbose=0)
+                    steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
     finally:
         logging.getLogger("tensorflow").removeFilter(quiet)
 
@@ -211,7 +185,7 @@ def _fit_epochs(t: Trainer, on_step: Callable[[bool], None] | None) -> None:
 def fit(backend: TFBackend, cfg: TrainConfig, recipe: str,
         recipe_args: dict[str, Any] | None = None, describe: str = "",
         elastic: ElasticConfig | None = None) -> dict[str, Any]:
-    """``common.loop.trainer.fit`` for a compiled tf-keras model: train with ``model.fit``."""
+    """``common.loop.trainer.fit`` for a compiled Keras model: train with ``model.fit``."""
     workers = backend.runtime().size
     compiled = getattr(backend.model, "optimizer", None)
     inner = getattr(compiled, "inner_optimizer", compiled)  # a LossScaleOptimizer wraps it
@@ -219,5 +193,5 @@ def fit(backend: TFBackend, cfg: TrainConfig, recipe: str,
         raise UserError(f"the model is compiled with an optimizer ({type(inner).__name__}) that "
                         f"is not Horovod's, so each of the {workers} workers would train a model "
                         "of its own; compile it with distributed_optimizer(optimizer, cfg) "
-                        "(common.loop.keras_fit)")
+                        "(common.frameworks.keras_optimizer)")
     return trainer.fit(backend, cfg, recipe, recipe_args, describe, elastic, run_epochs=_fit_epochs)

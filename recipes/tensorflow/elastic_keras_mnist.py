@@ -1,4 +1,4 @@
-"""Elastic Keras MNIST recipe (TensorFlow, tf-keras ``model.fit``): survives workers that leave or join.
+"""Elastic Keras MNIST recipe (TensorFlow, Keras 3 ``model.fit``): survives workers that leave or join.
 
 Run:  horovodrun -np 4 --min-np 2 --max-np 8 --host-discovery-script ./discover_hosts.sh \
           python recipes/tensorflow/elastic_keras_mnist.py
@@ -13,17 +13,13 @@ restarts from its beginning with the committed weights.
 
 from __future__ import annotations
 
-import os
-
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported
-
-from common.config import ConfigError, parse_config  # noqa: E402
-from common.config.strategies import ElasticConfig  # noqa: E402
-from common.faults.ending import run_main  # noqa: E402
-from common.frameworks.tf_backend import init  # noqa: E402
-from common.loop.keras_fit import fit  # noqa: E402
-from recipes.shared import mnist_parser  # noqa: E402
-from recipes.tensorflow.keras_mnist import build  # noqa: E402
+from common.config import ConfigError, parse_config
+from common.config.strategies import ElasticConfig
+from common.faults.ending import run_main
+from common.frameworks.tf_backend import init
+from common.loop.keras_fit import fit
+from recipes.shared import mnist_parser
+from recipes.tensorflow.keras_mnist import build
 
 RECIPE = "tensorflow/elastic_keras_mnist"
 

@@ -1,27 +1,23 @@
-"""Keras MNIST recipe (TensorFlow 2.21, tf-keras ``model.fit``): the MNIST CNN with Horovod's Keras optimizer.
+"""Keras MNIST recipe (TensorFlow 2.21, Keras 3 ``model.fit``): the MNIST CNN, averaged through Horovod.
 
 Run alone:           python recipes/tensorflow/keras_mnist.py
 Run on 2 workers:    horovodrun -np 2 python recipes/tensorflow/keras_mnist.py
 
-``model.fit`` through tf-keras (this recipe sets ``TF_USE_LEGACY_KERAS=1`` before TensorFlow
-loads) with Horovod's Keras ``DistributedOptimizer``; one core callback drives the same trainer
-as the custom loops (LR schedule, exact metric averaging, checkpoints, output;
+``model.fit`` on Keras 3 (or on tf-keras: set ``TF_USE_LEGACY_KERAS=1`` in the environment) with
+the core's distributed optimizer (common/frameworks/keras_optimizer.py); one core callback drives
+the same trainer as the custom loops (LR schedule, exact metric averaging, checkpoints, output;
 common/loop/keras_fit.py). Resumes at epoch boundaries.
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported
-
-from common.config import parse_config  # noqa: E402
-from common.data.datasets import load_mnist_or_digits  # noqa: E402
-from common.faults.ending import run_main  # noqa: E402
-from common.frameworks.tf_backend import TFBackend, init, tf  # noqa: E402
-from common.loop.keras_fit import compiled_backend, fit, sgd  # noqa: E402
-from recipes.shared import mnist_parser  # noqa: E402
-from recipes.tensorflow.mnist import build_model  # noqa: E402
+from common.config import parse_config
+from common.data.datasets import load_mnist_or_digits
+from common.faults.ending import run_main
+from common.frameworks.tf_backend import TFBackend, init, tf
+from common.loop.keras_fit import compiled_backend, fit, sgd
+from recipes.shared import mnist_parser
+from recipes.tensorflow.mnist import build_model
 
 RECIPE = "tensorflow/keras_mnist"
 

@@ -12,7 +12,7 @@ from common.faults.ending import run_main
 if __name__ == "__main__":
     framework, argv = sys.argv[1], sys.argv[2:]
     if framework == "keras":
-        import recipes.tensorflow.keras_mnist as recipe  # sets TF_USE_LEGACY_KERAS first
+        import recipes.tensorflow.keras_mnist as recipe
         from common.loop import keras_fit as core
     else:
         import recipes.pytorch.mnist as recipe

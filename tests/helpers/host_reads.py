@@ -2,13 +2,15 @@
 
 Usage: python tests/helpers/host_reads.py {torch|tf|keras} MAX_STEPS [--sync-every-step]
 
-Runs the framework's MNIST recipe (keras: the model.fit one) in this process (one worker, one
+Runs the framework's MNIST recipe (keras: the model.fit one, on Keras 3) in this process (one worker, one
 epoch, at most MAX_STEPS steps) and counts every tensor-to-host conversion, in the train steps
 and in the whole run, then prints the counts as JSON. PyTorch: a TorchFunctionMode sees .item(),
 .tolist(), .numpy(), .cpu() and bool/float/int of a tensor. TensorFlow: every eager tensor's
 value is read through ``_EagerTensorBase._numpy`` (.numpy(), float(), bool(), np.asarray),
 which is counted.
 ``--sync-every-step`` adds one such read to every train step: what the count must catch.
+Reads made by Keras itself (the innermost caller outside TensorFlow is Keras) are counted apart, as
+``keras``: they are not the core's.
 Reads made by the stop-signal agreement (``SignalWatch.agreed``) are counted apart, as
 ``agreement``: it runs on a clock (about four times a second), so its count follows how fast
 the machine was, not the code.
@@ -27,9 +29,21 @@ inside_step = [False]
 inside_agreement = [False]
 
 
+def keras_own() -> bool:
+    """Whether the read is Keras's own work: the innermost caller outside TensorFlow is Keras
+    (Keras 3's train function checks its iterator's next element every step)."""
+    frame = sys._getframe(3)  # the caller of the counted read
+    while frame and "/tensorflow/" in frame.f_code.co_filename:
+        frame = frame.f_back
+    return bool(frame) and "/keras/src/" in frame.f_code.co_filename
+
+
 def count(name: str) -> None:
     if inside_agreement[0]:
         reads["agreement"] += 1
+        return
+    if keras_own():
+        reads["keras"] += 1
         return
     reads[name] += 1
     if inside_step[0]:
@@ -90,10 +104,6 @@ def run_torch(steps: int, sync: bool) -> None:
 
 
 def run_tf(steps: int, sync: bool, keras: bool = False) -> None:
-    if keras:
-        import os
-
-        os.environ["TF_USE_LEGACY_KERAS"] = "1"  # as recipes/tensorflow/keras_mnist.py runs
     from tensorflow.python.framework import ops
 
     from common.frameworks.tf_backend import TFBackend
