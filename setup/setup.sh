@@ -195,11 +195,13 @@ install_frameworks() {
   uv_or_pip "${torch_args[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" || return 1
   uv_or_pip \
     "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
-    "$tf_package==$TENSORFLOW_VERSION" "tf-keras==$TF_KERAS_VERSION" \
+    "$tf_package==$TENSORFLOW_VERSION" "keras==$KERAS_VERSION" "tf-keras==$TF_KERAS_VERSION" \
     "tensorboard==$TENSORBOARD_VERSION" "mpi4py==$MPI4PY_VERSION" \
     "matplotlib==$MATPLOTLIB_VERSION" \
     "numpy==$NUMPY_VERSION" "scikit-learn==$SCIKIT_LEARN_VERSION" "tqdm==$TQDM_VERSION" \
     "pyyaml==$PYYAML_VERSION" "cloudpickle==$CLOUDPICKLE_VERSION" "psutil==$PSUTIL_VERSION" \
+    "mlflow-skinny==$MLFLOW_SKINNY_VERSION" "sqlalchemy==$SQLALCHEMY_VERSION" \
+    "alembic==$ALEMBIC_VERSION" \
     "pytest==$PYTEST_VERSION" "pytest-xdist==$PYTEST_XDIST_VERSION" \
     "hypothesis==$HYPOTHESIS_VERSION" "ruff==$RUFF_VERSION" \
     "cffi==$CFFI_VERSION" \

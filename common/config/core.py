@@ -37,6 +37,7 @@ from common.world.runtime import mpi_group
 LR_SCALING_RULES = ("linear", "sqrt", "none")
 LR_DECAYS = ("none", "step", "cosine")
 ON_DIVERGENCE = ("stop", "rollback")
+TRACKERS = ("none", "mlflow")
 
 # The sections of ``--help``, in this order.
 TRAINING = "training"
@@ -94,8 +95,9 @@ class RunConfig(FlagConfig):
         "checkpoints hold the plain module's state, so they load with or without --compile",
         section=TRAINING)
     sync_bn: bool = flag(
-        False, "synchronized batch norm (PyTorch): every batch norm layer normalises with the "
-        "statistics of the global batch, every worker's samples (Horovod's SyncBatchNorm)",
+        False, "synchronized batch norm: every batch norm layer normalises with the statistics "
+        "of the global batch, every worker's samples (PyTorch: Horovod's SyncBatchNorm; "
+        "Keras 3: the core's, through Horovod's allreduce)",
         section=TRAINING)
     threads_per_worker: int | None = flag(
         None, "CPU threads per worker (default: cores / local workers)", section=GRADIENTS,
@@ -290,6 +292,17 @@ class OutputConfig(FlagConfig):
         "output is not a terminal, as under horovodrun or mpirun (a terminal gets a bar)",
         section=OUTPUT, type=float, metavar="S",
         check=lambda v: None if v > 0 else f"must be positive, got {v}")
+    tracker: str = flag(
+        "none", "send the run to an experiment tracker: mlflow logs the resolved config as "
+        "params and every epoch's record as metrics from rank 0, off the training thread; a "
+        "resumed run goes on in the same tracked run; a tracker that fails warns once and "
+        "training goes on", section=OUTPUT, choices=TRACKERS)
+    tracking_uri: str | None = flag(
+        None, "where --tracker mlflow sends the run (default: $MLFLOW_TRACKING_URI, else MLflow's "
+        "own default, sqlite:///mlflow.db in the working folder)", section=OUTPUT, metavar="URI")
+    experiment: str | None = flag(
+        None, "the tracker's experiment name (default: the recipe's name)", section=OUTPUT,
+        metavar="NAME")
 
 
 def _file_path(path: str | None) -> str | None:

@@ -41,6 +41,7 @@ with quiet_stderr():  # the start-up lines TF_CPP_MIN_LOG_LEVEL does not reach (
 from common.base.files import CHECKSUM_KEY, CheckpointError, content_digest, verified  # noqa: E402
 from common.config.core import ConfigError, TrainConfig  # noqa: E402
 from common.faults.watchdog import beat  # noqa: E402
+from common.frameworks import tf_sync_bn  # noqa: E402
 from common.frameworks.backend import (  # noqa: E402
     Backend,
     check_optimizer_flags,
@@ -280,12 +281,8 @@ class TFBackend(Backend):
             # The custom loop's Keras 3 optimizer scales the loss and skips steps whose
             # gradients overflow (model.fit wraps its own optimizer so).
             optimizer = self.optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
-        if cfg.run.sync_bn:
-            has_bn = any("BatchNormalization" in type(layer).__name__
-                         for layer in getattr(model, "layers", []))
-            raise ConfigError("--sync-bn: " + ("the TensorFlow recipes have no synchronized batch "
-                                               "norm yet" if has_bn else
-                                               "the model has no batch norm layer to synchronize"))
+        if cfg.run.sync_bn and not tf_sync_bn.convert(model):  # before the step is traced
+            raise ConfigError("--sync-bn: the model has no batch norm layer to synchronize")
         refuse_two_weight_decays(optimizer, cfg.optimizer.weight_decay)
         # model.fit's optimizer clips in the core's Keras optimizer (keras_fit.sgd) and notes
         # the norms there; the custom loop clips in its train step.

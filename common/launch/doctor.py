@@ -200,12 +200,13 @@ def check_frameworks(report: Report) -> None:
     pins = pinned_versions()
     found = {name: _version(module) for name, module in (
         ("torch", "torch"), ("torchvision", "torchvision"), ("tensorflow", "tensorflow"),
-        ("tf_keras", "tf_keras"), ("mpi4py", "mpi4py"), ("numpy", "numpy"))}
+        ("keras", "keras"), ("tf_keras", "tf_keras"), ("mpi4py", "mpi4py"), ("numpy", "numpy"))}
     report.facts["frameworks"] = found
     if found["torch"] is None and found["tensorflow"] is None:
         report.problem("error", "neither torch nor tensorflow imports", SETUP)
     keys = {"torch": "TORCH_VERSION", "torchvision": "TORCHVISION_VERSION",
-            "tensorflow": "TENSORFLOW_VERSION", "tf_keras": "TF_KERAS_VERSION",
+            "tensorflow": "TENSORFLOW_VERSION", "keras": "KERAS_VERSION",
+            "tf_keras": "TF_KERAS_VERSION",
             "mpi4py": "MPI4PY_VERSION", "numpy": "NUMPY_VERSION"}
     for name, version in found.items():
         pin = pins.get(keys[name])

@@ -53,6 +53,7 @@ from common.monitor.balance import EpochTimes, rank_times, summarize
 from common.monitor.fold_summary import report_folds
 from common.monitor.metrics import MetricSums, Throughput
 from common.monitor.output import Reporter
+from common.monitor.tracking import MlflowTracker, tracker_for
 
 # How often a progress bar reads the running loss back from the device.
 _BAR_REFRESH_S = 0.5
@@ -66,6 +67,10 @@ def seconds_since_start() -> float | None:
         return time.time() - psutil.Process().create_time()
     except Exception:  # noqa: BLE001 - a missing number, never a failed run
         return None
+
+
+# What a stopping or failing run waits for its tracker: a stop signal's grace period is short.
+STOP_FLUSH_S = 10.0
 
 
 class Rollback(Exception):
@@ -94,6 +99,7 @@ class Trainer:
         self.progress_clock = Throughput()  # since the last progress line
         self.epochs_run = 0  # epochs this process trained (the first includes start-up)
         self.timeline: str | None = None  # Horovod's timeline file (--timeline-out), once started
+        self.tracker: MlflowTracker | None = None  # rank 0's (--tracker), made by enter_world
         self.enter_world()
 
     def enter_world(self) -> None:
@@ -112,7 +118,10 @@ class Trainer:
         self.signals.reset()  # every rank of the new world agrees on signals at the next step
         if getattr(self, "out", None) is not None:
             self.out.close()  # rank 0 may be another process now
-        self.out = Reporter(self.rt.is_root, self.cfg.output, b.scalar_writer)
+        if self.rt.is_root and self.tracker is None:
+            self.tracker = tracker_for(self.cfg.output, self.cfg.checkpoint.checkpoint_dir,
+                                       self.recipe, lambda line: self.out.print(line))
+        self.out = Reporter(self.rt.is_root, self.cfg.output, b.scalar_writer, self.tracker)
 
     @contextlib.contextmanager
     def running(self, elastic: bool = False) -> Iterator[None]:
@@ -315,7 +324,7 @@ class Trainer:
         into = s.samples_done // self.step_samples if s.samples_done else 0
         self.out.print(f"stopped by {why} after step {s.step} ({s.epoch} epoch(s)"
                        + (f" and {into} step(s)" if into else "") + f" done); {where}")
-        self.out.close()
+        self.out.close("KILLED", timeout=STOP_FLUSH_S)
         # No rank leaves before rank 0 has said so: mpirun ends the whole job at the first
         # rank's exit 75, which cut rank 0's line off when the other rank got out first.
         self.backend.allreduce_sum(np.zeros(1))
@@ -424,12 +433,17 @@ def fit(backend: Backend, cfg: TrainConfig, recipe: str, recipe_args: dict[str, 
     """
     trainer = Trainer(backend, cfg, recipe, recipe_args, describe)
     run_epochs = run_epochs or Trainer.train
-    with trainer.running(elastic is not None):
-        trainer.restore()
-        if elastic is None:
-            trainer.train_with_rollbacks(lambda t: run_epochs(t, None))
-        else:
-            train_elastic(trainer, elastic.commit_steps, lambda commit: run_epochs(trainer, commit))
-        record = trainer.final()
+    try:
+        with trainer.running(elastic is not None):
+            trainer.restore()
+            if elastic is None:
+                trainer.train_with_rollbacks(lambda t: run_epochs(t, None))
+            else:
+                train_elastic(trainer, elastic.commit_steps,
+                              lambda commit: run_epochs(trainer, commit))
+            record = trainer.final()
+    except BaseException:
+        trainer.out.close("FAILED", timeout=STOP_FLUSH_S)  # a stop has ended it as KILLED
+        raise
     report_folds(cfg, record)  # --folds K --mpi-groups K: the summary of every fold
     return record

@@ -1,4 +1,4 @@
-"""Output owns what a run shows and records: rank-0 printing, progress bar, JSON Lines records, TensorBoard.
+"""Output owns what a run shows and records: rank-0 printing, progress, JSON Lines, TensorBoard, a tracker.
 
 Only rank 0 prints or writes; other ranks get a Reporter whose methods do nothing, so recipes
 call it unconditionally. The metrics file (``--metrics-file``) holds one JSON object per line:
@@ -22,6 +22,7 @@ from tqdm import tqdm
 from common.base.files import atomic_write
 from common.config.core import OutputConfig, one_line, resolved, save_resolved
 from common.monitor.metrics import MetricSums
+from common.monitor.tracking import FLUSH_TIMEOUT_S, MlflowTracker
 from common.world.runtime import SETTINGS, settings_line
 
 
@@ -62,13 +63,16 @@ class Reporter:
     """Rank 0's voice: ``print``, a per-epoch progress bar, the metrics file and TensorBoard.
 
     ``scalar_writer(log_dir)`` makes the TensorBoard writer (the backend's, so a TensorFlow run
-    needs no torch); it is called on rank 0 at the first scalar.
+    needs no torch); it is called on rank 0 at the first scalar. ``tracker``: rank 0's
+    experiment tracker (``common.monitor.tracking``), handed the config and every record.
     """
 
     def __init__(self, is_root: bool, output: OutputConfig | None = None,
-                 scalar_writer: Callable[[str], Any] | None = None) -> None:
+                 scalar_writer: Callable[[str], Any] | None = None,
+                 tracker: MlflowTracker | None = None) -> None:
         output = output or OutputConfig()
         self.is_root = is_root
+        self.tracker = tracker if is_root else None
         self.metrics_file = output.metrics_file
         self.log_dir = output.log_dir if is_root and scalar_writer else None
         self._make_writer = scalar_writer
@@ -105,10 +109,14 @@ class Reporter:
                 self._writer.add_scalar(name, value, step)
         self._writer.flush()
 
-    def close(self) -> None:
+    def close(self, status: str | None = None, timeout: float = FLUSH_TIMEOUT_S) -> None:
+        """Close TensorBoard's writer and wait for the tracker's queue; ``status``
+        (``FINISHED``, ``KILLED``, ``FAILED``) ends the tracked run as well."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self.tracker is not None:
+            self.tracker.end(status, timeout)
 
     def start(self, *, recipe: str, cfg, recipe_args: dict[str, Any] | None, world_size: int,
               notices: list[str], n_train: int, n_val: int, describe: str, n_steps: int,
@@ -143,6 +151,8 @@ class Reporter:
                    else f"config: {recipe}'s defaults{where}")
         if SETTINGS and world_size > 1:
             self.print(settings_line())
+        if self.tracker is not None:
+            self.tracker.begin(config, resumed=bool(step))
         if self.is_root and yaml_path:
             try:
                 save_resolved(yaml_path, config)
@@ -213,7 +223,7 @@ class Reporter:
                    samples_per_sec_per_worker=samples_per_sec / world_size, wall_time_s=wall,
                    time_since_start_s=since_start, checkpoint=checkpoint, **(stats or {}))
         self.record("final", **rec)
-        self.close()
+        self.close("FINISHED")
         total = f" ({since_start:.1f}s since the start)" if since_start is not None else ""
         self.print(f"final: val accuracy {val.accuracy:.4f} on {world_size} worker(s); trained "
                    f"in {wall:.1f}s{total}; checkpoint: {checkpoint}; metrics: {self.metrics_file}")
@@ -231,6 +241,8 @@ class Reporter:
 
         A write that fails (a full disk, say) does not stop training: rank 0 says so once and
         stops writing the file; checkpoints carry on."""
+        if self.tracker is not None:
+            self.tracker.log(kind, _clean(fields))
         if not (self.is_root and self.metrics_file):
             return
         self._records.append(_clean({"type": kind, **fields}))

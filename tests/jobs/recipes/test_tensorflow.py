@@ -147,14 +147,17 @@ def test_elastic_keras_run_survives_a_killed_worker(tmp_path):
     assert set(epochs) == set(range(1, ELASTIC_EPOCHS + 1))  # none skipped (a restarted one repeats)
 
 
-def test_tf_synthetic_benchmark_summary(tmp_path):
+@pytest.mark.parametrize("loop", ["tape", "keras-fit"])
+def test_tf_synthetic_benchmark_summary(tmp_path, loop):
+    """The custom loop's step, and Keras 3's model.fit with the core's optimizer."""
     metrics = tmp_path / "bench.jsonl"
     proc = horovodrun(2, [TF / "synthetic_benchmark.py", "--model", "MobileNet",
                           "--image-size", "32", "--batch-size", "2", "--num-iters", "3",
                           "--num-batches-per-iter", "2", "--num-warmup-batches", "1",
-                          "--metrics-file", metrics], cwd=tmp_path)
+                          "--metrics-file", metrics, *(["--keras-fit"] if loop == "keras-fit" else [])],
+                      cwd=tmp_path)
     [rec] = [r for r in read_records(metrics) if r["type"] == "benchmark"]
-    assert rec["world_size"] == 2 and rec["model"] == "MobileNet"
+    assert rec["world_size"] == 2 and rec["model"] == "MobileNet" and rec["loop"] == loop
     assert rec["img_per_sec_total"] == pytest.approx(2 * rec["img_per_sec_per_worker"])
     assert proc.stdout.count("total img/s on 2 worker(s)") == 1
 
