@@ -11,7 +11,8 @@ In one invocation, on this machine, with the environment as the user has it:
 * ``torchrun`` DDP: the same model, batch, threads and timing in PyTorch's
   DistributedDataParallel over gloo (``benchmarks.torch_baseline`` under torchrun);
 * TensorFlow: N plain loops side by side (``benchmarks.tf_baseline``) and the TensorFlow
-  synthetic benchmark recipe at ``-np N`` under ``horovodrun``;
+  synthetic benchmark recipe at ``-np N`` under ``horovodrun``, its custom loop's step and
+  Keras 3's ``model.fit`` (``--keras-fit``, the core's distributed Keras optimizer);
 * the CIFAR ResNet recipe's whole training loop (data loading, augmentation, metrics; no
   checkpoints) on generated CIFAR-format data at np=1 and np=N: its scaling efficiency;
 * ``compile``: the PyTorch recipe with ``--compile`` (torch.compile) and the same run eager, its
@@ -115,6 +116,8 @@ def build_rows(a: argparse.Namespace, data_dir: str) -> list[Row]:
             [[py, *tf_plain] for _ in range(n)], "benchmark"),
         Row("horovodrun TensorFlow (default)", "tensorflow", [[*horovodrun, py, *tf_recipe]],
             "benchmark"),
+        Row("horovodrun TensorFlow, Keras 3 model.fit", "tensorflow",
+            [[*horovodrun, py, *tf_recipe, "--keras-fit"]], "benchmark"),
         Row("CIFAR recipe, np=1", "cifar", [[str(BIN / "horovodrun"), "-np", "1", py, *cifar]],
             "epoch"),
         Row("CIFAR recipe, np=N", "cifar", [[*horovodrun, py, *cifar]], "epoch"),

@@ -7,8 +7,8 @@ broadcast, RNG state and the checkpoint file format (``.npz`` of arrays plus a J
 read with ``allow_pickle=False``). The Keras ``model.fit`` recipes use the same backend for
 their state, checkpoints and collectives (``common.loop.keras_fit``).
 
-Works with Keras 3 (the custom loop) and with tf-keras (``TF_USE_LEGACY_KERAS=1``, for
-``model.fit``): both expose ``model.weights`` and ``optimizer.variables``. Two Keras 3 gaps are
+Works with Keras 3 (the default, custom loop and ``model.fit``) and with tf-keras
+(``TF_USE_LEGACY_KERAS=1``): both expose ``model.weights`` and ``optimizer.variables``. Two Keras 3 gaps are
 bridged here: Horovod's tape needs ``tf.Variable``s (Keras 3 variables lack ``.ref()``), and
 ``hvd.broadcast_variables`` cannot assign Keras 3 variables, so each value is broadcast and
 assigned.

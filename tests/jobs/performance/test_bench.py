@@ -35,11 +35,13 @@ def test_bench_runs_every_row_and_writes_them(tmp_path):
     assert set(rows) == {
         "ceiling: plain PyTorch x N side by side", "horovodrun (default)", "horovodrun --gloo",
         "mpirun", "torchrun DDP (gloo)", "ceiling: plain TensorFlow x N side by side",
-        "horovodrun TensorFlow (default)", "CIFAR recipe, np=1", "CIFAR recipe, np=N"}
+        "horovodrun TensorFlow (default)", "horovodrun TensorFlow, Keras 3 model.fit",
+        "CIFAR recipe, np=1", "CIFAR recipe, np=N"}
     assert all(r["rate"] > 0 and len(r["rounds"]) == 1 and not r["error"] for r in rows.values())
     for name in ("horovodrun (default)", "horovodrun --gloo", "mpirun"):
         assert rows[name]["of_ceiling"] > 0 and rows[name]["vs_ddp"] > 0
     assert rows["horovodrun TensorFlow (default)"]["of_ceiling"] > 0
+    assert rows["horovodrun TensorFlow, Keras 3 model.fit"]["of_ceiling"] > 0
     assert rows["CIFAR recipe, np=N"]["scaling_efficiency"] > 0
     assert result["fastest"] in rows and (out / "bench.png").stat().st_size > 1000
     assert "| horovodrun (default) |" in proc.stdout
