@@ -299,9 +299,11 @@ class Faulty:
     """One launch of a recipe into which a fault is injected once its first epoch is recorded."""
 
     def __init__(self, launcher: str, script: Path, flags: list, run: Path, cwd: Path,
-                 wrapped: bool = False) -> None:
+                 wrapped: bool | list[str] = False) -> None:
+        """``wrapped``: under hvd-launch (a list: with these hvd-launch flags)."""
         self.script, self.run = script, run
-        cmd = [*(HVD_LAUNCH if wrapped else []), *LAUNCHERS[launcher], str(BIN / "python"),
+        wrap = [*HVD_LAUNCH, *wrapped] if isinstance(wrapped, list) else HVD_LAUNCH if wrapped else []
+        cmd = [*wrap, *LAUNCHERS[launcher], str(BIN / "python"),
                str(script), *map(str, flags), "--checkpoint-dir", str(run / "ckpt"),
                "--metrics-file", str(run / "m.jsonl")]
         self.job = subprocess.Popen(cmd, cwd=cwd, env=job_env(), stdout=subprocess.PIPE,

@@ -1,8 +1,9 @@
-"""Launch dir owns what a worker leaves for a wrapping hvd-launch on its host: pid, rank and exit status.
+"""Launch dir owns what a worker and a wrapping hvd-launch tell each other: pid, rank, exit status, restart.
 
 ``common.launch.hvd_launch`` sets ``HVD_LAUNCH_DIR`` for the launcher it wraps; each worker
 registers itself there at start (so a stop signal can reach it) and records how it ended.
-Without that variable both are no-ops.
+Without that variable both are no-ops. A relaunch by ``--max-restarts`` carries its number
+and cause in the environment (:func:`restart`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,19 @@ from pathlib import Path
 from common.base.errors import env_rank
 
 LAUNCH_DIR_ENV = "HVD_LAUNCH_DIR"
+# Set by ``hvd-launch --max-restarts`` on a relaunch: its number (1, 2, ...) and why.
+RESTART_ENV = "HVD_LAUNCH_RESTART"
+RESTART_CAUSE_ENV = "HVD_LAUNCH_RESTART_CAUSE"
+
+
+def restart() -> tuple[int, str]:
+    """Which relaunch of ``hvd-launch --max-restarts`` this job is (0: the first launch), and
+    why it was relaunched."""
+    try:
+        attempt = int(os.environ.get(RESTART_ENV, "0"))
+    except ValueError:
+        attempt = 0
+    return attempt, os.environ.get(RESTART_CAUSE_ENV, "")
 
 
 def register_worker() -> None:

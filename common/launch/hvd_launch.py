@@ -19,7 +19,12 @@ written. So this wrapper:
   forwards to every rank;
 * after ``--grace`` seconds, or on a second signal, kills everything below it;
 * ends with one line and the workers' exit status (75: stopped, run again to resume; 124:
-  stalled; 2: bad input; 1: a bug, traceback above), instead of horovodrun's own traceback.
+  stalled; 2: bad input; 1: a bug, traceback above), instead of horovodrun's own traceback;
+* with ``--max-restarts N``, relaunches the same command after a failure a restart can fix (a
+  worker killed, lost or crashed, a stall, a launcher that died): the run resumes from its
+  newest checkpoint. Never after a clean end, a user error or a divergence (exit 2), or a stop
+  (exit 75, a signal to the wrapper). A backoff doubles between restarts; only the restarts of
+  the last ``--restart-window`` seconds count against N.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import time
 from pathlib import Path
 
 from common.base.errors import say
-from common.base.launch_dir import LAUNCH_DIR_ENV
+from common.base.launch_dir import LAUNCH_DIR_ENV, RESTART_CAUSE_ENV, RESTART_ENV
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 MEANINGS = {0: "done", 1: "a worker failed (see its traceback above)",
@@ -47,6 +52,9 @@ MEANINGS = {0: "done", 1: "a worker failed (see its traceback above)",
             124: "a worker stalled (see the error line above)", 130: "interrupted",
             137: "killed (SIGKILL, or out of memory)"}
 _PR_SET_CHILD_SUBREAPER = 36
+# Exit statuses a relaunch cannot fix: done, bad input or divergence, stopped, interrupted.
+NOT_RESTARTED = (0, 2, 75, 130)
+MAX_BACKOFF_S = 300.0
 
 
 # --- the wrapper ---------------------------------------------------------------------------------
@@ -54,8 +62,9 @@ _PR_SET_CHILD_SUBREAPER = 36
 class Launch:
     """One launcher command under the wrapper; ``name`` opens the wrapper's own lines."""
 
-    def __init__(self, command: list[str], grace: float, name: str = "hvd-launch") -> None:
-        self.command, self.grace, self.name = command, grace, name
+    def __init__(self, command: list[str], grace: float, name: str = "hvd-launch",
+                 env: dict[str, str] | None = None) -> None:
+        self.command, self.grace, self.name, self.extra_env = command, grace, name, env or {}
         self.relay = _StderrRelay(name)
         self.folder = tempfile.mkdtemp(prefix="hvd-launch-")
         self.stopping_since: float | None = None
@@ -64,7 +73,7 @@ class Launch:
 
     def run(self) -> int:
         _become_subreaper()
-        env = dict(os.environ, **{LAUNCH_DIR_ENV: self.folder})
+        env = dict(os.environ, **self.extra_env, **{LAUNCH_DIR_ENV: self.folder})
         for sig in FORWARDED:
             signal.signal(sig, self._on_signal)
         try:
@@ -159,6 +168,46 @@ class Launch:
             return failed[0]  # the first worker to fail: the others were ended because of it
         status = self.child.returncode
         return 128 - status if status < 0 else status
+
+
+def run_with_restarts(command: list[str], grace: float, max_restarts: int, window: float,
+                      backoff: float, name: str = "hvd-launch") -> int:
+    """:class:`Launch` the command; after a failure a restart can fix, relaunch it (at most
+    ``max_restarts`` times within ``window`` seconds, waiting ``backoff`` seconds, doubled at
+    each restart of the window). Each relaunch gets its number and cause in the environment
+    (``common.base.launch_dir.restart``): the run writes a ``restart`` record. Returns the last
+    launch's exit status."""
+    restarts: list[float] = []  # when each restart within the window happened
+    attempt, cause = 0, ""
+    while True:
+        env = {RESTART_ENV: str(attempt), RESTART_CAUSE_ENV: cause} if attempt else {}
+        launch = Launch(command, grace, name, env)
+        code = launch.run()
+        if code in NOT_RESTARTED or launch.forwarded is not None or not max_restarts:
+            return code
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < window]
+        if len(restarts) >= max_restarts:
+            say(f"{name}: not restarting: {len(restarts)} restart(s) in the last {window:g} s "
+                f"already (--max-restarts {max_restarts})")
+            return code
+        restarts.append(now)
+        attempt += 1
+        delay = min(backoff * 2 ** (len(restarts) - 1), MAX_BACKOFF_S)
+        cause = f"exit status {code}: {MEANINGS.get(code, 'see the messages above')}"
+        say(f"{name}: restart {attempt} ({len(restarts)} of at most {max_restarts} in "
+            f"{window:g} s) after {cause}; relaunching in {delay:g} s, from the newest checkpoint")
+        if _signalled_within(delay):
+            say(f"{name}: stopped by a signal before the relaunch")
+            return code
+
+
+def _signalled_within(seconds: float) -> bool:
+    """Wait ``seconds``; True as soon as a stop signal arrives (the user ends the job)."""
+    event = threading.Event()
+    for sig in FORWARDED:
+        signal.signal(sig, lambda *_: event.set())
+    return event.wait(seconds)
 
 
 _TRACEBACK = "Traceback (most recent call last):"
@@ -279,12 +328,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=120.0,
                         help="seconds the workers get to stop after a signal before they are "
                              "killed")
+    parser.add_argument("--max-restarts", type=int, default=0, metavar="N",
+                        help="relaunch the command, which resumes from its newest checkpoint, "
+                             "after a failure a restart can fix (a worker killed or crashed, a "
+                             "stall, a launcher that died), at most N times within "
+                             "--restart-window; never after exit 0, 2 (bad input, divergence) "
+                             "or 75 (stopped)")
+    parser.add_argument("--restart-window", type=float, default=3600.0, metavar="S",
+                        help="only the restarts of the last S seconds count against "
+                             "--max-restarts (default 3600)")
+    parser.add_argument("--restart-backoff", type=float, default=5.0, metavar="S",
+                        help="seconds before a relaunch, doubled at each restart of the window "
+                             f"(default 5, at most {MAX_BACKOFF_S:g})")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the launcher command line")
     args = parser.parse_args(argv)
     if not args.command:
         parser.error("give the launcher command, e.g. hvd-launch horovodrun -np 2 python "
                      "recipes/pytorch/mnist.py")
-    return Launch(args.command, args.grace).run()
+    if args.max_restarts < 0 or args.restart_window <= 0 or args.restart_backoff < 0:
+        parser.error("--max-restarts must be >= 0, --restart-window > 0, --restart-backoff >= 0")
+    return run_with_restarts(args.command, args.grace, args.max_restarts, args.restart_window,
+                             args.restart_backoff)
 
 
 def horovodrun() -> int:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from common.base.errors import AgreedError, UserError, agree
+from common.base.launch_dir import restart
 from common.checkpoint.manager import CheckpointManager, Resume
 from common.config.core import TrainConfig
 from common.config.flags import ConfigError
@@ -208,6 +209,10 @@ class Trainer:
                                steps_into_epoch=self.state.samples_done // self.step_samples,
                                saved_step=resume.saved_step)
         agree(not error, error, self.backend.broadcast_object)
+        attempt, cause = restart()
+        if attempt:  # hvd-launch --max-restarts relaunched the job
+            self.out.record("restart", attempt=attempt, cause=cause, resumed_step=self.state.step,
+                            checkpoint=self.state.checkpoint)
 
     @property
     def step_samples(self) -> int:
@@ -404,7 +409,7 @@ class Trainer:
             self.out.print(f"already trained: {reached}, {self.state.checkpoint}; nothing "
                            "to do (to train afresh, give another --run-dir, or raise --epochs "
                            "to train on)")
-        stats = self.backend.run_stats()
+        stats = {**self.backend.run_stats(), "restarts": restart()[0]}
         found = profiling.finish(getattr(self.backend, "hvd", None), self.cfg.profiling, self.rt.is_root,
                                  self.timeline, self.cfg.output.metrics_file)
         if "timeline" in found:
