@@ -7,6 +7,7 @@ launch is bounded by the same hang guard and runs in the same environment. Tests
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import gzip
@@ -236,6 +237,13 @@ def worker_errors(proc) -> list[str]:
 
 # --- finding and hurting workers ---------------------------------------------------------------
 
+def kill_tree(root: int) -> None:
+    """SIGKILL ``root`` and every process below it, whatever session each runs in."""
+    for pid in [*descendants(root), root]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def descendants(root: int) -> set[int]:
     """Every live process below ``root`` (its children, theirs, ...)."""
     children: dict[int, list[int]] = {}
@@ -328,13 +336,13 @@ class Faulty:
         try:
             self.out, self.err = self.job.communicate(timeout=END_BOUND_S)
         except subprocess.TimeoutExpired:
-            os.killpg(self.job.pid, signal.SIGKILL)
+            kill_tree(self.job.pid)  # the wrapper's launcher runs in a session of its own
             self.out, self.err = self.job.communicate()
             record.append({"hung": True, "lost": 0})
             pytest.fail(f"the job did not end within {END_BOUND_S} s of {sig.name}")
         finally:
             if self.job.poll() is None:
-                os.killpg(self.job.pid, signal.SIGKILL)
+                kill_tree(self.job.pid)
         self.seconds = time.monotonic() - t0
         kept = checkpoint_steps(self.run / "ckpt")
         # Lost: a step checkpointed before the fault with no checkpoint as new kept after it.

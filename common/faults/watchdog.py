@@ -16,6 +16,13 @@ answering (or, if all still answer, every rank's step), tells every rank to stop
 that line and exits with :data:`EXIT_STALLED`; the launcher then ends the stalled rank too.
 Workers that lose rank 0 itself say so and exit the same way. Threads keep running while the
 main thread waits in a collective (Horovod's waits release the GIL).
+
+Before training, from right after Horovod's start (``common.frameworks.backend.start_horovod``),
+the watchdog already runs in its start-up mode: building the model, reading data and the
+restore make no steps, so only a rank that stops answering at all (a stopped or frozen
+process) is judged; :meth:`StallWatchdog.training` turns progress on when the loop starts. The
+two waits before its channel exists, Horovod's own start and the watchdog's allgather, are
+bounded by :func:`bounded`.
 """
 
 from __future__ import annotations
@@ -29,13 +36,43 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from common.base.errors import say
+from common.base.errors import env_rank, say
 from common.base.launch_dir import record_exit
 
 EXIT_STALLED = 124  # as coreutils' timeout: the job ran out of time waiting for a rank
 _CONNECT_S = 20.0  # how long a worker tries to reach rank 0 at start
 
 _active: StallWatchdog | None = None
+
+
+def active() -> StallWatchdog | None:
+    """The watchdog running in this process, if any."""
+    return _active
+
+
+@contextlib.contextmanager
+def bounded(what: str, timeout: float | None, exit_fn: Callable[[int], None] = os._exit):
+    """A wait for every rank before the watchdog's channel exists (Horovod's start, the
+    watchdog's own allgather): one that lasts more than ``timeout`` seconds ends this rank with
+    one line and :data:`EXIT_STALLED` (the launcher then ends the others)."""
+    if not timeout:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        if not done.wait(timeout):
+            say(f"error on rank {env_rank()}: stalled: {what} waited {timeout:g} s (--stall-timeout) "
+                "for a rank that never came (stopped, hung, or far slower to start); ending the job")
+            if exit_fn is os._exit:
+                record_exit(EXIT_STALLED)
+            exit_fn(EXIT_STALLED)
+
+    threading.Thread(target=watch, name="start-watchdog", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def beat(step: int | None = None) -> None:
@@ -71,12 +108,17 @@ class StallWatchdog:
         self._conn: socket.socket | None = None
         self.peers: dict[int, _Peer] = {}
         self.verdict: str | None = None
+        self.judging_progress = True  # False in the start-up mode (:meth:`start` early)
 
     # -- setup ---------------------------------------------------------------------------------
 
-    def start(self, allgather_object: Callable[[object], list]) -> StallWatchdog:
-        """Exchange hosts and rank 0's address (one allgather), connect, start the thread."""
+    def start(self, allgather_object: Callable[[object], list],
+              starting: bool = False) -> StallWatchdog:
+        """Exchange hosts and rank 0's address (one allgather, :func:`bounded`), connect, start
+        the thread. ``starting``: in the start-up mode, judging only ranks that stop answering
+        until :meth:`training`."""
         global _active
+        self.judging_progress = not starting
         host = socket.gethostname()
         address = None
         if self.rank == 0:
@@ -84,7 +126,8 @@ class StallWatchdog:
             self._server.setblocking(False)
             self._sel.register(self._server, selectors.EVENT_READ, "accept")
             address = (host, self._server.getsockname()[1], _addresses(host))
-        everyone = allgather_object((host, address))
+        with bounded("the stall watchdog's start", self.timeout, self._exit):
+            everyone = allgather_object((host, address))
         hosts = [h for h, _ in everyone]
         self.peers = {r: _Peer(h) for r, h in enumerate(hosts)}
         self.peers[self.rank].heard = time.monotonic()
@@ -103,6 +146,8 @@ class StallWatchdog:
             for target in candidates:
                 try:
                     self._conn = socket.create_connection((target, port), timeout=2)
+                    # the first heartbeat at once: from now on rank 0 knows this rank answers
+                    self._conn.sendall(f"{self.rank} {self._step} 0.000\n".encode())
                     self._conn.setblocking(False)
                     self._sel.register(self._conn, selectors.EVENT_READ, "rank0")
                     self._rank0_heard = time.monotonic()
@@ -124,6 +169,15 @@ class StallWatchdog:
         self._last = time.monotonic()
         if step is not None:
             self._step = step
+
+    def training(self) -> None:
+        """The loop starts: from now on a rank without progress for the timeout is judged."""
+        self._last = time.monotonic()
+        self.judging_progress = True
+
+    def _age(self, now: float) -> float:
+        """Seconds since this rank's last progress (0 in the start-up mode: not judged)."""
+        return now - self._last if self.judging_progress else 0.0
 
     # -- the thread ----------------------------------------------------------------------------
 
@@ -185,21 +239,24 @@ class StallWatchdog:
                 self._end(line[5:])
 
     def _heartbeat(self, now: float) -> None:
-        age = now - self._last
+        age = self._age(now)
         if self._conn is not None:
             with contextlib.suppress(OSError):
                 self._conn.sendall(f"{self.rank} {self._step} {age:.3f}\n".encode())
-            if age > self.timeout and now - self._rank0_heard > self.silent_after:
-                self._end(f"stalled: no progress for {age:.0f} s (--stall-timeout "
-                          f"{self.timeout:g}); rank 0 on {self.peers[0].host} stopped answering "
-                          f"{now - self._rank0_heard:.0f} s ago")
+            silent = now - self._rank0_heard
+            judged = age if self.judging_progress else silent
+            if judged > self.timeout and silent > self.silent_after:
+                head = (f"stalled: no progress for {age:.0f} s" if self.judging_progress else
+                        "stalled before training started")
+                self._end(f"{head} (--stall-timeout {self.timeout:g}); rank 0 on "
+                          f"{self.peers[0].host} stopped answering {silent:.0f} s ago")
         if age > self.timeout + 3 * self.silent_after:  # no verdict came: rank 0 cannot judge
             self._end(f"stalled: rank {self.rank} on {self.peers[self.rank].host} made no "
                       f"progress for {age:.0f} s (--stall-timeout {self.timeout:g})")
 
     def _judge(self, now: float) -> None:
         me = self.peers[0]
-        me.step, me.age, me.heard = self._step, now - self._last, now
+        me.step, me.age, me.heard = self._step, self._age(now), now
         ages = {r: p.age + (now - p.heard) for r, p in self.peers.items() if p.heard is not None}
         if max(ages.values()) <= self.timeout:
             return
@@ -216,17 +273,23 @@ class StallWatchdog:
     def stall_message(self, now: float) -> str:
         """Rank 0's verdict: who stopped answering, or where every rank stands."""
         stalled = max(p.age + (now - p.heard) for p in self.peers.values() if p.heard is not None)
-        head = f"stalled: no progress for {stalled:.0f} s (--stall-timeout {self.timeout:g}); "
+        head = (f"stalled: no progress for {stalled:.0f} s" if self.judging_progress else
+                "stalled before training started") + f" (--stall-timeout {self.timeout:g}); "
         silent = [(r, p) for r, p in self.peers.items()
                   if r != 0 and (p.heard is None or now - p.heard > self.silent_after)]
         known = [(r, p) for r, p in self.peers.items() if p.heard is not None]
         if silent:
+            # A heartbeat comes each second: the silent rank's last one may be some steps old;
+            # rank 0's own step is where the job stands.
+            where = ("(last heard at step {})" if self.judging_progress
+                     else "before training started")
             names = "; ".join(
-                f"rank {r} on {p.host} " + (f"stopped answering {now - p.heard:.0f} s ago at step "
-                                            f"{p.step}" if p.heard is not None
+                f"rank {r} on {p.host} " + (f"stopped answering {now - p.heard:.0f} s ago "
+                                            + where.format(p.step) if p.heard is not None
                                             else "never reached the watchdog")
                 for r, p in silent)
-            return head + names + "; ending the job"
+            waits = f"; rank 0 waits after step {self._step}" if self.judging_progress else ""
+            return head + names + waits + "; ending the job"
         low = min(p.step for _, p in known)
         behind = [(r, p) for r, p in known if p.step == low]
         if len(behind) < len(known):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 from common.config.core import TrainConfig
 from common.config.flags import ConfigError, flag_name
 from common.data.sharding import shard_indices
+from common.faults import watchdog
 from common.monitor import profiling
 from common.monitor.metrics import MAX_CONFUSION_CLASSES, CounterLayout, MetricSums
 from common.world.runtime import Runtime, init_horovod, require_adasum_support
@@ -247,9 +249,19 @@ class Backend(abc.ABC):
 
 def start_horovod(hvd, cfg: TrainConfig, comm=None, process_sets: list | None = None) -> Runtime:
     """A backend's Horovod init: the runtime settings, ``--timeline-out`` / ``--autotune``'s
-    variables and ``--mpi-groups``, then ``hvd.init`` (``common.world.runtime.init_horovod``)."""
-    return init_horovod(hvd, comm, cfg.run.mpi_groups, process_sets=process_sets,
-                        before_init=lambda: profiling.prepare(cfg.profiling, cfg.output.metrics_file))
+    variables and ``--mpi-groups``, then ``hvd.init`` (``common.world.runtime.init_horovod``),
+    then the stall watchdog in its start-up mode (``common.faults.watchdog``; not under
+    Horovod elastic, which drops a worker that stops answering itself). With
+    ``--stall-timeout``, no wait for the other ranks from here on is unbounded."""
+    timeout = cfg.run.stall_timeout
+    with watchdog.bounded("Horovod's start (hvd.init)", timeout):
+        rt = init_horovod(hvd, comm, cfg.run.mpi_groups, process_sets=process_sets,
+                          before_init=lambda: profiling.prepare(cfg.profiling,
+                                                                cfg.output.metrics_file))
+    if timeout and watchdog.active() is None and not os.environ.get("HOROVOD_ELASTIC"):
+        watchdog.StallWatchdog(timeout, rt.rank, rt.size).start(
+            lambda obj: hvd.allgather_object(obj, name="stall_watchdog"), starting=True)
+    return rt
 
 
 def placed(hvd, cfg: TrainConfig, rt: Runtime, device: str,

@@ -45,6 +45,7 @@ from common.config.strategies import ElasticConfig
 from common.faults.divergence import DivergenceGuard
 from common.faults.preemption import Preempted, SignalWatch
 from common.faults.watchdog import StallWatchdog, beat
+from common.faults.watchdog import active as stall_watchdog
 from common.frameworks.backend import Backend
 from common.loop.elastic import train_elastic
 from common.loop.schedule import LRSchedule
@@ -139,8 +140,11 @@ class Trainer:
                                         self.rt.is_root, self.backend.broadcast_object)
         watchdog = None
         if self.cfg.run.stall_timeout and not elastic:
-            watchdog = StallWatchdog(self.cfg.run.stall_timeout, self.rt.rank, self.rt.size)
-            watchdog.start(self.backend.allgather_object)
+            # started in its start-up mode by the backend's init, or (a second fit) anew
+            watchdog = stall_watchdog() or StallWatchdog(
+                self.cfg.run.stall_timeout, self.rt.rank, self.rt.size).start(
+                    self.backend.allgather_object)
+            watchdog.training()
         try:
             with self.signals:
                 yield

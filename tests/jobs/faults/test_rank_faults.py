@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from tests.support import (
     horovodrun,
     read_records,
     rerun_matches,
+    worker_pids,
 )
 
 
@@ -35,6 +37,25 @@ def test_a_killed_rank_ends_the_job_and_the_rerun_resumes_exactly(tmp_path, unin
     assert ("exited on signal 9" in said if launcher == "mpi"
             else "Exit code: 137" in said or "exit with status code 137" in said), job.err[-3000:]
     rerun_matches(run, uninterrupted, tmp_path, FAULT_FLAGS)
+
+
+def test_a_rank_stopped_before_training_ends_the_job_within_the_stall_timeout(tmp_path,
+                                                                             fault_record, alone):
+    """Rank 1 stopped (SIGSTOP) as soon as it exists, before Horovod's start: rank 0's wait in
+    hvd.init is bounded by --stall-timeout (it once waited forever, no output)."""
+    run = tmp_path / "run"
+    with alone():
+        job = Faulty("mpi", MNIST, STALL_FLAGS, run, tmp_path)
+        deadline = time.monotonic() + 60
+        while not (pids := worker_pids(job.job.pid, MNIST, "OMPI_COMM_WORLD_RANK=1")):
+            assert job.job.poll() is None and time.monotonic() < deadline, job.job.communicate()
+            time.sleep(0.02)
+        job.inject(pids[0], signal.SIGSTOP, fault_record)
+    assert job.job.returncode == 124, job.err[-3000:]
+    assert re.search(r"error on rank 0: stalled: Horovod's start \(hvd.init\) waited 4 s|"
+                     r"error: stalled before training started \(--stall-timeout 4\); rank 1 on ",
+                     job.err), job.err[-3000:]
+    assert job.seconds < 4 + 30
 
 
 @pytest.mark.parametrize("launcher", ["mpi", "gloo"])

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from common.faults.watchdog import EXIT_STALLED, StallWatchdog
+from common.faults.watchdog import EXIT_STALLED, StallWatchdog, bounded
 
 # Verdicts within a 1 s timeout: nothing beside them.
 pytestmark = pytest.mark.serial
@@ -32,7 +32,7 @@ def pair():
         d.close()
 
 
-def start_pair(timeout: float):
+def start_pair(timeout: float, starting: bool = False):
     exits: dict[int, list[int]] = {0: [], 1: []}
     dogs = [StallWatchdog(timeout, r, 2, exit_fn=exits[r].append) for r in (0, 1)]
     gathered: list = [None, None]
@@ -45,7 +45,8 @@ def start_pair(timeout: float):
             return list(gathered)
         return gather
 
-    threads = [threading.Thread(target=dogs[r].start, args=(allgather(r),)) for r in (0, 1)]
+    threads = [threading.Thread(target=dogs[r].start, args=(allgather(r), starting))
+               for r in (0, 1)]
     for t in threads:
         t.start()
     for t in threads:
@@ -106,3 +107,49 @@ def test_a_deadlock_with_every_rank_answering_is_reported_as_such(pair):
     dogs[1].beat(3)
     wait_for(lambda: exits[0], limit=5)
     assert "every rank answers but none finished a step since step 3" in dogs[0].verdict
+
+
+@pytest.fixture
+def starting_pair():
+    """The pair in the start-up mode (before training: only silence is judged)."""
+    dogs, exits = start_pair(timeout=1.0, starting=True)
+    yield dogs, exits
+    for d in dogs:
+        d.close()
+
+
+def test_before_training_ranks_that_answer_are_never_stopped_without_steps(starting_pair):
+    dogs, exits = starting_pair
+    time.sleep(2.5)  # a model built or data read slower than the timeout: no step, no verdict
+    assert exits == {0: [], 1: []}
+    for d in dogs:  # then the loop starts: progress is judged from now on
+        d.training()
+    wait_for(lambda: exits[0], limit=5)
+    assert "every rank answers but none finished a step" in dogs[0].verdict
+
+
+def test_before_training_a_silent_rank_is_named(starting_pair):
+    dogs, exits = starting_pair
+    dogs[1]._stop.set()  # rank 1 freezes while the model is built
+    wait_for(lambda: exits[0], limit=5)
+    assert dogs[0].verdict.startswith("stalled before training started (--stall-timeout 1); ")
+    assert "rank 1 on " in dogs[0].verdict and "stopped answering" in dogs[0].verdict
+
+
+def test_before_training_workers_name_a_silent_rank_0(starting_pair):
+    dogs, exits = starting_pair
+    dogs[0]._stop.set()
+    wait_for(lambda: exits[1], limit=5)
+    assert "stalled before training started" in dogs[1].verdict
+    assert "rank 0 on " in dogs[1].verdict and "stopped answering" in dogs[1].verdict
+
+
+def test_a_wait_before_the_watchdog_is_bounded():
+    exits: list[int] = []
+    with bounded("Horovod's start (hvd.init)", 0.5, exits.append):
+        wait_for(lambda: exits, limit=5)  # the wait outlived the bound
+    assert exits == [EXIT_STALLED]
+    with bounded("a quick wait", 0.5, exits.append):
+        pass
+    time.sleep(0.8)
+    assert exits == [EXIT_STALLED]  # a wait that ended in time is not judged
