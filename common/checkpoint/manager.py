@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.base.errors import agree
+from common.base.errors import agree, say
 from common.base.files import CheckpointError
 from common.checkpoint.policy import SavePolicy
 from common.checkpoint.store import DIVERGED_SUFFIX, CheckpointStore
@@ -69,6 +69,7 @@ class CheckpointManager:
         self.store = (CheckpointStore(c.checkpoint_dir, c.keep_checkpoints,
                                       suffix=backend.checkpoint_suffix)
                       if c.checkpoint_dir else None)
+        self._room_checked = False  # whether the folder's room for keep-K was checked (rank 0)
 
     def _load(self, path: str) -> dict:
         record = self.backend.read_checkpoint(path)
@@ -204,5 +205,10 @@ class CheckpointManager:
                                        lambda f: self.backend.write_checkpoint(f, record))
             except CheckpointError as e:
                 error = str(e)
+            if path and not self._room_checked:  # the first save tells the size
+                self._room_checked = True
+                warning = self.store.room(path)
+                if warning:
+                    say(warning)
         agree(not error, error, self.backend.broadcast_object)
         return self.backend.broadcast_object(path, name="ckpt_path")

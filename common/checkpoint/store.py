@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -123,6 +124,28 @@ class CheckpointStore:
             os.unlink(old.path)
         return path
 
+    def room(self, path: str) -> str | None:
+        """After a save: a one-line warning if this folder cannot hold keep-K checkpoints of
+        ``path``'s size plus the next one while it is written (before the oldest goes), with
+        the fix; None when it can. Without it, every run resumed here fails at the same save."""
+        try:
+            size = os.path.getsize(path)
+            ours = sum(os.path.getsize(ref.path) for ref in self.list())
+            free = shutil.disk_usage(self.directory).free
+        except OSError:
+            return None
+        need, room = (self.keep + 1) * size, free + ours
+        if not size or room >= need:
+            return None
+        fits = room // size - 1  # checkpoints that can be kept with room for the next one
+        fix = (f"lower --keep-checkpoints to {fits}" if fits >= 1 else
+               "no smaller --keep-checkpoints fits")
+        return (f"warning: --keep-checkpoints {self.keep} needs room for {self.keep + 1} "
+                f"checkpoints of {_mb(size)} here (the kept ones and the next while it is "
+                f"written): {_mb(need)}, but {self.directory} has {_mb(room)} for them "
+                f"({_mb(free)} free); a later save will fail with a full disk. Free space there, "
+                f"use another --checkpoint-dir, or {fix}")
+
     def newest_valid(
         self, load: Callable[[str], Any], max_step: int | None = None
     ) -> tuple[CheckpointRef, Any, list[str]] | None:
@@ -156,3 +179,7 @@ class CheckpointStore:
         return None
 
 
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"

@@ -359,12 +359,15 @@ class Trainer:
         # A checkpoint this run wrote after the last sound weights is set aside, not resumed.
         moved, good = self.checkpoint_manager.set_aside_after(self.last_sound_weights)
         aside = f" ({', '.join(moved)} set aside as *.diverged)" if moved else ""
+        # What to change: a rollback only where none was tried (rollbacks that did not help
+        # leave the LR and the warmup).
+        fixes = ("Lower --base-lr or raise --warmup-epochs" if run.on_divergence == "rollback"
+                 else "Lower --base-lr or raise --warmup-epochs, or use --on-divergence rollback")
         raise AgreedError(
             f"training diverged: {reason} {where}; nothing of it was saved{aside}; "
             + (f"{self.state.rollbacks} rollback(s) did not help; " if self.state.rollbacks else "")
-            + f"last good checkpoint: {good or 'none yet'}. Lower --base-lr or raise "
-            f"--warmup-epochs, or use --on-divergence rollback, then run again (it resumes from "
-            f"that checkpoint)",
+            + f"last good checkpoint: {good or 'none yet'}. {fixes}, then run again (it resumes "
+            f"from that checkpoint)",
             lambda: b.broadcast_object(None, name="diverged"))
 
     @property

@@ -69,6 +69,10 @@ def test_a_full_disk_is_a_one_line_error_and_keeps_every_checkpoint(tmp_path, sm
     assert len(errors) == 2, proc.stderr[-3000:]
     assert all("No space left on device; the checkpoints already there are kept" in e
                for e in errors), errors
+    # said at the first save, before the failing one, with the fix (rank 0's line)
+    [warning] = [x for x in proc.stderr.splitlines() if "warning: --keep-checkpoints 3 needs" in x]
+    assert "a later save will fail with a full disk" in warning, warning
+    assert warning.endswith("or lower --keep-checkpoints to 1"), warning
     assert "<stderr>:Traceback" not in proc.stderr
     saved = sorted(p.name for p in ckpt.iterdir())
     assert saved == [".lock", "ckpt-e00000-s000000005.pt", "ckpt-e00000-s000000010.pt",

@@ -54,6 +54,30 @@ def test_keep_last_k(tmp_path):
     assert [r.epoch for r in store.list()] == [5, 6]
 
 
+def test_a_folder_too_small_for_keep_k_is_said_at_the_first_save_with_the_fix(tmp_path,
+                                                                             monkeypatch):
+    """Room for 2.5 checkpoints of 1 MB (the fault battery's case: every rerun failed at the
+    same later save, with no hint): keep-3 needs 4 (3 kept, the next while it is written)."""
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    free = {"now": 1_500_000}
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(0, 0, free["now"]))
+    store = CheckpointStore(str(tmp_path), keep=3)
+    path = store.save(1, 10, lambda f: f.write(b"x" * 1_000_000))
+    warning = store.room(path)  # 1.5 MB free + 1 MB of its own: room for 2.5
+    assert warning == (f"warning: --keep-checkpoints 3 needs room for 4 checkpoints of 1.0 MB here "
+                       f"(the kept ones and the next while it is written): 4.0 MB, but {tmp_path} "
+                       "has 2.5 MB for them (1.5 MB free); a later save will fail with a full "
+                       "disk. Free space there, use another --checkpoint-dir, or lower "
+                       "--keep-checkpoints to 1")
+    free["now"] = 3_000_000  # 4 MB with its own: enough
+    assert store.room(path) is None
+    free["now"] = 500_000  # 1.5 MB: not even one more
+    assert store.room(path).endswith("or no smaller --keep-checkpoints fits")
+
+
 def test_order_is_by_step_not_name(tmp_path):
     store = CheckpointStore(str(tmp_path), keep=5)
     store.save(1, 999, write_obj(1))

@@ -202,7 +202,8 @@ def test_divergence_stops_before_any_checkpoint_and_keeps_the_good_ones(tmp_path
     assert len(good) == 3
     wild = config(tmp_path, epochs=4, checkpoint_steps=2, base_lr=1e200)
     with pytest.raises(UserError, match=r"training diverged: the loss is not finite \(NaN or inf\) "
-                                        r"between step 11 and step 12 "):
+                                        r"between step 11 and step 12 .* or use --on-divergence "
+                                        r"rollback, then run again"):
         fit(NumpyBackend(wild), wild, "test/linear")
     assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").glob("ckpt-*")} == good
     assert "resuming with settings that differ from the saved run's: base_lr 0.05 -> 1e+200" \
@@ -254,8 +255,10 @@ def test_rollbacks_that_do_not_help_end_in_the_divergence_error(tmp_path):
                       on_divergence="rollback", max_rollbacks=2, rollback_lr_factor=0.9)
     with pytest.raises(UserError, match=r"training diverged: .*set aside as \*\.diverged\); "
                                         r"2 rollback\(s\) did not help; last good checkpoint: "
-                                        r"\S+ckpt-e00001-s000000005\.pkl\."):
+                                        r"\S+ckpt-e00001-s000000005\.pkl\. Lower --base-lr or "
+                                        r"raise --warmup-epochs, then run again") as failed:
         fit(NumpyBackend(hopeless), hopeless, "test/linear")
+    assert "--on-divergence rollback" not in str(failed.value)  # it was on, and did not help
     kept = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").glob("ckpt-*")
             if not p.name.endswith(".diverged")}
     # Nothing from the diverged steps is left to resume from, and the newest good one stays
