@@ -294,6 +294,8 @@ LAUNCHERS = {
     "gloo": [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo",
              "--disable-cache"],
     "mpi": [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2"],  # the README's default
+    # Two hosts for the launchers: horovodrun takes localhost and 127.0.0.1 for two (both local)
+    "mpi-two-hosts": [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:1,127.0.0.1:1"],
     "mpirun": ["mpirun", *ROOT_FLAG, "-np", "2", "-bind-to", "none", "-x", "PATH", "-x",
                "PYTHONPATH", "-x", "PYTHONUNBUFFERED", "-x", "OMP_NUM_THREADS"],
 }
@@ -322,6 +324,19 @@ class Faulty:
 
     def wait_for_first_epoch(self) -> None:
         wait_for_records(self.job, self.run / "m.jsonl")
+
+    def wait_for_relaunch(self, restarts: int) -> None:
+        """Block until the ``restarts``-th relaunch (hvd-launch --max-restarts) recorded an epoch."""
+        def relaunched() -> bool:
+            types = [r["type"] for r in read_records(self.run / "m.jsonl")]
+            after = [i for i, t in enumerate(types) if t == "restart"]
+            return len(after) >= restarts and "epoch" in types[after[restarts - 1]:]
+
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not relaunched():
+            assert self.job.poll() is None, self.job.communicate()
+            assert time.monotonic() < deadline, f"relaunch {restarts} never finished an epoch"
+            time.sleep(0.1)
 
     def rank_pid(self, rank: int) -> int:
         pids = worker_pids(self.job.pid, self.script, f"HOROVOD_RANK={rank}", f"OMPI_COMM_WORLD_RANK={rank}")
@@ -462,18 +477,67 @@ def sbatch(*args, env=None, check=True):
     return proc
 
 
-def slurm_env(tmp_path, nodes, ntasks, per_node, **extra):
-    """The environment SLURM gives a batch script, with a fake ``scontrol`` on PATH."""
+def slurm_env(tmp_path, nodes, ntasks, per_node, mpi_plugins=("pmix", "none"), **extra):
+    """The environment SLURM gives a batch script, with a fake ``scontrol`` and ``srun`` (only
+    ``--mpi=list``, naming ``mpi_plugins``) on PATH."""
     fake = tmp_path / "bin"
     fake.mkdir(exist_ok=True)
     (fake / "scontrol").write_text(  # "show hostnames" lists the nodes; "requeue" is logged
         f'#!/bin/sh\nif [ "$1" = requeue ]; then echo "$@" >> {fake}/requeued; exit 0; fi\n'
         + "".join(f"echo {n}\n" for n in nodes))
-    (fake / "scontrol").chmod(0o755)
+    (fake / "srun").write_text("#!/bin/sh\necho 'MPI plugin types are...'\n"
+                               + "".join(f"echo '\t{p}'\n" for p in mpi_plugins))
+    for tool in ("scontrol", "srun"):
+        (fake / tool).chmod(0o755)
     env = job_env()
     env.update({"PATH": f"{fake}{os.pathsep}{env['PATH']}", "SLURM_JOB_NODELIST": "node[01-02]",
                 "SLURM_NTASKS": str(ntasks), "SLURM_NTASKS_PER_NODE": per_node, **extra})
     return env
+
+
+class SlurmCluster:
+    """The real one-node SLURM cluster of tests/jobs/slurm/conftest.py, driven by its commands."""
+
+    ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+             "PREEMPTED", "BOOT_FAIL", "DEADLINE")
+
+    def __init__(self, folder: Path, env: dict[str, str], node: str) -> None:
+        self.folder, self.env, self.node = folder, env, node
+
+    def run(self, *cmd, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(list(map(str, cmd)), env=self.env, capture_output=True, text=True,
+                              timeout=60)
+        if check:
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    def node_state(self) -> str:
+        return self.run("sinfo", "-h", "-N", "-o", "%t", check=False).stdout.strip().rstrip("*~#")
+
+    def submit(self, *args, env: dict[str, str] | None = None, flags=()) -> int:
+        """``sbatch flags... recipes/slurm/horovod.sbatch args...`` from the repository root, on
+        this one node (2 tasks, 1 CPU each, no GPU; the script's own SBATCH lines otherwise);
+        the job's id."""
+        proc = subprocess.run(
+            ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
+             "--gres=none", *map(str, flags), str(SBATCH), *map(str, args)], cwd=ROOT,
+            env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return int(proc.stdout.strip().split(";")[0])
+
+    def job(self, job_id: int) -> dict[str, str]:
+        """``scontrol show job``'s fields (JobState, Restarts, ExitCode, StdOut, ...)."""
+        out = self.run("scontrol", "show", "job", "-o", job_id).stdout
+        return dict(word.split("=", 1) for word in out.split() if "=" in word)
+
+    def wait(self, job_id: int, until=None, what: str = "its end") -> dict[str, str]:
+        """Block until ``until(fields)`` (default: the job ended, not to be requeued); its fields."""
+        until = until or (lambda job: job["JobState"] in self.ENDED)
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not until(job := self.job(job_id)):
+            assert time.monotonic() < deadline, f"SLURM job {job_id} never reached {what}: {job}"
+            time.sleep(0.3)
+        return job
 
 
 # --- data a test writes ------------------------------------------------------------------------

@@ -15,7 +15,10 @@ rank has made no progress for ``--stall-timeout`` seconds, rank 0 names the rank
 answering (or, if all still answer, every rank's step), tells every rank to stop, and each prints
 that line and exits with :data:`EXIT_STALLED`; the launcher then ends the stalled rank too.
 Workers that lose rank 0 itself say so and exit the same way. Threads keep running while the
-main thread waits in a collective (Horovod's waits release the GIL).
+main thread waits in a collective (Horovod's waits release the GIL). A worker says goodbye as
+it closes; rank 0 records a rank whose connection drops without one, or that it names silent,
+for a wrapping ``hvd-launch`` (``common.base.launch_dir.record_lost``): a dead process's socket
+closes at once, even on another host, before the launcher has ended the job.
 
 Before training, from right after Horovod's start (``common.frameworks.backend.start_horovod``),
 the watchdog already runs in its start-up mode: building the model, reading data and the
@@ -37,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.base.errors import env_rank, say
-from common.base.launch_dir import record_exit
+from common.base.launch_dir import record_exit, record_lost
 
 EXIT_STALLED = 124  # as coreutils' timeout: the job ran out of time waiting for a rank
 _CONNECT_S = 20.0  # how long a worker tries to reach rank 0 at start
@@ -107,6 +110,8 @@ class StallWatchdog:
         self._server: socket.socket | None = None
         self._conn: socket.socket | None = None
         self.peers: dict[int, _Peer] = {}
+        self._ranks: dict[socket.socket, int] = {}  # rank 0: each worker's connection, its rank
+        self._closed: set[int] = set()  # rank 0: the ranks that said goodbye
         self.verdict: str | None = None
         self.judging_progress = True  # False in the start-up mode (:meth:`start` early)
 
@@ -164,6 +169,9 @@ class StallWatchdog:
         if _active is self:
             _active = None
         self._stop.set()
+        if self._conn is not None:  # goodbye: this rank ends on purpose, it is not lost
+            with contextlib.suppress(OSError):
+                self._conn.sendall(f"bye {self.rank}\n".encode())
 
     def beat(self, step: int | None = None) -> None:
         self._last = time.monotonic()
@@ -211,6 +219,9 @@ class StallWatchdog:
                     key.fileobj.close()
                     if key.data == "rank0":
                         self._conn = None
+                    rank = self._ranks.pop(key.fileobj, None)
+                    if rank is not None and rank not in self._closed and not self._stop.is_set():
+                        record_lost(rank, "disconnected")
                     continue
                 buffers[key.fileobj] = buffers.get(key.fileobj, b"") + data
                 *lines, buffers[key.fileobj] = buffers[key.fileobj].split(b"\n")
@@ -227,8 +238,12 @@ class StallWatchdog:
                     self._heartbeat(now)
 
     def _receive(self, key, line: str) -> None:
-        if key.data == "worker":  # rank 0 hears "rank step age"
+        if key.data == "worker":  # rank 0 hears "rank step age", or "bye rank" at a worker's end
+            if line.startswith("bye "):
+                self._closed.add(int(line[4:]))
+                return
             rank, step, age = line.split()
+            self._ranks[key.fileobj] = int(rank)
             peer = self.peers[int(rank)]
             peer.step, peer.age, peer.heard = int(step), float(age), time.monotonic()
             with contextlib.suppress(OSError):
@@ -261,6 +276,8 @@ class StallWatchdog:
         if max(ages.values()) <= self.timeout:
             return
         message = self.stall_message(now)
+        for rank in self._silent(now):
+            record_lost(rank, "silent")
         stop = f"stop {message}\n".encode()
         for key in list(self._sel.get_map().values()):
             if key.data == "worker":
@@ -275,8 +292,7 @@ class StallWatchdog:
         stalled = max(p.age + (now - p.heard) for p in self.peers.values() if p.heard is not None)
         head = (f"stalled: no progress for {stalled:.0f} s" if self.judging_progress else
                 "stalled before training started") + f" (--stall-timeout {self.timeout:g}); "
-        silent = [(r, p) for r, p in self.peers.items()
-                  if r != 0 and (p.heard is None or now - p.heard > self.silent_after)]
+        silent = [(r, self.peers[r]) for r in self._silent(now)]
         known = [(r, p) for r, p in self.peers.items() if p.heard is not None]
         if silent:
             # A heartbeat comes each second: the silent rank's last one may be some steps old;
@@ -297,6 +313,11 @@ class StallWatchdog:
             return head + f"{names} stuck at step {low} while the others are ahead; ending the job"
         return head + (f"every rank answers but none finished a step since step {low} "
                        "(a deadlock, or a step slower than the timeout); ending the job")
+
+    def _silent(self, now: float) -> list[int]:
+        """Rank 0: the other ranks that stopped answering (or never answered)."""
+        return [r for r, p in self.peers.items()
+                if r != 0 and (p.heard is None or now - p.heard > self.silent_after)]
 
     def _end(self, message: str, linger: float = 0.0) -> None:
         self.verdict = message

@@ -26,7 +26,7 @@ from common.data.sharding import shard_indices
 from common.faults import watchdog
 from common.monitor import profiling
 from common.monitor.metrics import MAX_CONFUSION_CLASSES, CounterLayout, MetricSums
-from common.world.runtime import Runtime, init_horovod, require_adasum_support
+from common.world.runtime import Runtime, init_horovod, require_adasum_support, stall_settings
 
 
 def norm_stats(total: float, top: float, clipped: float, steps: int) -> dict:
@@ -252,12 +252,13 @@ def start_horovod(hvd, cfg: TrainConfig, comm=None, process_sets: list | None = 
     variables and ``--mpi-groups``, then ``hvd.init`` (``common.world.runtime.init_horovod``),
     then the stall watchdog in its start-up mode (``common.faults.watchdog``; not under
     Horovod elastic, which drops a worker that stops answering itself). With
-    ``--stall-timeout``, no wait for the other ranks from here on is unbounded."""
+    ``--stall-timeout``, no wait for the other ranks from here on is unbounded, and Gloo's own
+    timeout waits longer than the watchdog (``common.world.runtime.stall_settings``)."""
     timeout = cfg.run.stall_timeout
     with watchdog.bounded("Horovod's start (hvd.init)", timeout):
         rt = init_horovod(hvd, comm, cfg.run.mpi_groups, process_sets=process_sets,
-                          before_init=lambda: profiling.prepare(cfg.profiling,
-                                                                cfg.output.metrics_file))
+                          before_init=lambda: {**stall_settings(timeout), **profiling.prepare(
+                              cfg.profiling, cfg.output.metrics_file)})
     if timeout and watchdog.active() is None and not os.environ.get("HOROVOD_ELASTIC"):
         watchdog.StallWatchdog(timeout, rt.rank, rt.size).start(
             lambda obj: hvd.allgather_object(obj, name="stall_watchdog"), starting=True)

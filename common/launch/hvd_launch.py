@@ -24,12 +24,18 @@ written. So this wrapper:
   worker killed, lost or crashed, a stall, a launcher that died): the run resumes from its
   newest checkpoint. Never after a clean end, a user error or a divergence (exit 2), or a stop
   (exit 75, a signal to the wrapper). A backoff doubles between restarts; only the restarts of
-  the last ``--restart-window`` seconds count against N.
+  the last ``--restart-window`` seconds count against N. With several hosts (``-H a:2,b:2``),
+  a host that failed twice within the window is left out of the next launch when the other
+  hosts' slots still hold ``--min-np`` workers (the run resumes on fewer workers). A failure
+  is put on the host of the rank that was lost first: rank 0 records each rank it lost
+  (``common.base.launch_dir.record_lost``); ranks fill the hosts in order, as horovodrun and
+  mpirun place them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import re
@@ -40,16 +46,18 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.base.errors import say
-from common.base.launch_dir import LAUNCH_DIR_ENV, RESTART_CAUSE_ENV, RESTART_ENV
+from common.base.launch_dir import LAUNCH_DIR_ENV, RESTART_CAUSE_ENV, RESTART_ENV, lost_ranks
+from common.faults.watchdog import EXIT_STALLED
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 MEANINGS = {0: "done", 1: "a worker failed (see its traceback above)",
             2: "bad input (see the error line above)",
             75: "stopped on a signal after writing a checkpoint; run the same command to resume",
-            124: "a worker stalled (see the error line above)", 130: "interrupted",
+            EXIT_STALLED: "a worker stalled (see the error line above)", 130: "interrupted",
             137: "killed (SIGKILL, or out of memory)"}
 _PR_SET_CHILD_SUBREAPER = 36
 # Exit statuses a relaunch cannot fix: done, bad input or divergence, stopped, interrupted.
@@ -70,6 +78,7 @@ class Launch:
         self.stopping_since: float | None = None
         self.forwarded: signal.Signals | None = None
         self.child: subprocess.Popen | None = None
+        self.lost: list[int] = []  # the ranks lost in this launch, the first lost first
 
     def run(self) -> int:
         _become_subreaper()
@@ -89,6 +98,7 @@ class Launch:
                 say(f"{self.name}: the workers did not stop within --grace {self.grace:g} s; "
                      "killing them")
                 self._kill_all()
+            self._end_silent()
             time.sleep(0.2)
         relay.join(5)
         _reap()
@@ -96,11 +106,18 @@ class Launch:
         time.sleep(0.1)
         _reap()
         code = self._exit_code()
+        self.lost = self._lost() if code else []
         # The launcher's report of a failed process says nothing the workers' own line did not
         # after a clean stop or a user error; for anything else it helps, and shows.
-        self.relay.end(show_reports=code not in (2, 75))
+        self.relay.end(show_reports=code not in (2, 75, EXIT_STALLED))
         if leftovers:
             say(f"{self.name}: killed {leftovers} process(es) the launcher left running")
+        if self.lost and code not in (2, 75, EXIT_STALLED):  # a stall's verdict named it already
+            slots = Slots.of(self.command)
+            host = slots.host_of(self.lost[0]) if slots else None
+            say(f"{self.name}: lost contact with rank {self.lost[0]}" + (f" on {host}" if host else "")
+                + " first: its process ended without a word (killed, out of memory, or its host "
+                  "went down)")
         if code:
             say(f"{self.name}: job ended with exit status {code}: "
                  f"{MEANINGS.get(code, 'see the messages above')}")
@@ -129,6 +146,18 @@ class Launch:
             for pid in self._descendants():
                 _signal(pid, signal.SIGTERM)
 
+    def _end_silent(self) -> None:
+        """Kill the workers on this host that the stall watchdog's verdict named silent: a
+        stopped or frozen process saves nothing and ends only by SIGKILL, which Gloo's launcher
+        sends only after its own grace periods (about 10 s more)."""
+        silent = set(lost_ranks(self.folder, "silent"))
+        if not silent or EXIT_STALLED not in self._exits():  # after the verdict's rank ended
+            return
+        for path in Path(self.folder).glob("*.worker"):
+            with contextlib.suppress(OSError, ValueError):
+                if int(path.read_text()) in silent and _alive(int(path.stem)):
+                    _signal(int(path.stem), signal.SIGKILL)
+
     def _workers(self) -> list[int]:
         pids = []
         for path in Path(self.folder).glob("*.worker"):
@@ -151,8 +180,25 @@ class Launch:
             _signal(pid, signal.SIGKILL)
         return len(pids)
 
-    def _exit_code(self) -> int:
-        """The workers' verdict if they left one, else the launcher's own status."""
+    def _lost(self) -> list[int]:
+        """The ranks lost: those rank 0 recorded, else (rank 0 itself lost) the ranks on this
+        host that ended without recording how while another one did."""
+        recorded = lost_ranks(self.folder)
+        if recorded:
+            return recorded
+        folder = Path(self.folder)
+        ended = {p.stem for p in folder.glob("*.exit")}
+        if not ended:  # every rank here was killed together: the launcher ended them
+            return []
+        ranks = []
+        for path in folder.glob("*.worker"):
+            with contextlib.suppress(OSError, ValueError):
+                if path.stem not in ended:
+                    ranks.append(int(path.read_text()))
+        return sorted(ranks)
+
+    def _exits(self) -> list[int]:
+        """The exit statuses the workers on this host recorded, the first first."""
         exits = []
         for path in Path(self.folder).glob("*.exit"):
             try:
@@ -160,7 +206,11 @@ class Launch:
                 exits.append((float(when), int(code)))
             except (OSError, ValueError):
                 continue
-        codes = [c for _, c in sorted(exits)]
+        return [c for _, c in sorted(exits)]
+
+    def _exit_code(self) -> int:
+        """The workers' verdict if they left one, else the launcher's own status."""
+        codes = self._exits()
         if self.forwarded is not None and codes and all(c == 75 for c in codes):
             return 75
         failed = [c for c in codes if c not in (0, 75)] or [c for c in codes if c]
@@ -171,13 +221,15 @@ class Launch:
 
 
 def run_with_restarts(command: list[str], grace: float, max_restarts: int, window: float,
-                      backoff: float, name: str = "hvd-launch") -> int:
+                      backoff: float, min_np: int | None = None, name: str = "hvd-launch") -> int:
     """:class:`Launch` the command; after a failure a restart can fix, relaunch it (at most
     ``max_restarts`` times within ``window`` seconds, waiting ``backoff`` seconds, doubled at
-    each restart of the window). Each relaunch gets its number and cause in the environment
-    (``common.base.launch_dir.restart``): the run writes a ``restart`` record. Returns the last
-    launch's exit status."""
+    each restart of the window). A host that failed twice within the window is left out when
+    the others' slots hold ``min_np`` workers (None: the command's own count). Each relaunch
+    gets its number and cause in the environment (``common.base.launch_dir.restart``): the run
+    writes a ``restart`` record. Returns the last launch's exit status."""
     restarts: list[float] = []  # when each restart within the window happened
+    failed: dict[str, list[float]] = {}  # when each host failed
     attempt, cause = 0, ""
     while True:
         env = {RESTART_ENV: str(attempt), RESTART_CAUSE_ENV: cause} if attempt else {}
@@ -195,11 +247,84 @@ def run_with_restarts(command: list[str], grace: float, max_restarts: int, windo
         attempt += 1
         delay = min(backoff * 2 ** (len(restarts) - 1), MAX_BACKOFF_S)
         cause = f"exit status {code}: {MEANINGS.get(code, 'see the messages above')}"
+        slots = Slots.of(command)
+        culprit = slots.host_of(launch.lost[0]) if slots and launch.lost else None
+        if culprit:
+            cause += f"; rank {launch.lost[0]} on {culprit} lost"
+            failed[culprit] = [t for t in failed.get(culprit, []) if now - t < window] + [now]
+            if len(failed[culprit]) >= 2:
+                command = _leave_out(command, slots, culprit, window, min_np, name)
         say(f"{name}: restart {attempt} ({len(restarts)} of at most {max_restarts} in "
             f"{window:g} s) after {cause}; relaunching in {delay:g} s, from the newest checkpoint")
         if _signalled_within(delay):
             say(f"{name}: stopped by a signal before the relaunch")
             return code
+
+
+def _leave_out(command: list[str], slots: Slots, host: str, window: float, min_np: int | None,
+               name: str) -> list[str]:
+    """The command without ``host`` if the other hosts' slots still hold ``min_np`` workers
+    (one line either way); else the command as it was."""
+    others = [(h, n) for h, n in slots.hosts if h != host]
+    room = sum(n for _, n in others)
+    need = slots.np if min_np is None else min_np
+    if not others or room < need:
+        say(f"{name}: {host} failed twice in {window:g} s, but the other hosts have {room} "
+            f"slot(s) for the {need} worker(s) needed (hvd-launch --min-np); keeping it")
+        return command
+    np = min(slots.np, room)
+    hosts = ",".join(f"{h}:{n}" for h, n in others)
+    say(f"{name}: leaving out {host}: it failed twice in {window:g} s; the next launch runs "
+        f"{np} worker(s) on {hosts}")
+    return slots.rewrite(command, np, hosts)
+
+
+# The launcher options the wrapper reads and rewrites (horovodrun's and mpirun's spellings).
+_NP_FLAGS = ("-np", "-n", "--np", "--num-proc")
+_HOST_FLAGS = ("-H", "--hosts", "--host", "-host")
+
+
+@dataclass
+class Slots:
+    """A launcher command's process count and host list (``-np 4 -H a:2,b:2``)."""
+
+    np: int
+    hosts: list[tuple[str, int]]  # (host, slots), in the command's order
+    np_at: int  # where the count's value is in the command
+    hosts_at: int
+
+    @classmethod
+    def of(cls, command: list[str]) -> Slots | None:
+        """The command's slots; None without both a count and a host list (one host)."""
+        found: dict[str, tuple[int, str]] = {}
+        for i, word in enumerate(command[:-1]):
+            if i and Path(word).name.startswith("python"):  # the program: its own flags follow
+                break
+            for key, flags in (("np", _NP_FLAGS), ("hosts", _HOST_FLAGS)):
+                if word in flags and key not in found:
+                    found[key] = (i + 1, command[i + 1])
+        if len(found) < 2:
+            return None
+        try:
+            np = int(found["np"][1])
+            hosts = [(h, int(n or 1)) for h, _, n in
+                     (spec.partition(":") for spec in found["hosts"][1].split(",") if spec)]
+        except ValueError:
+            return None
+        return cls(np, hosts, found["np"][0], found["hosts"][0])
+
+    def host_of(self, rank: int) -> str | None:
+        """The host of ``rank``: ranks fill the hosts' slots in order."""
+        for host, n in self.hosts:
+            if rank < n:
+                return host
+            rank -= n
+        return None
+
+    def rewrite(self, command: list[str], np: int, hosts: str) -> list[str]:
+        command = list(command)
+        command[self.np_at], command[self.hosts_at] = str(np), hosts
+        return command
 
 
 def _signalled_within(seconds: float) -> bool:
@@ -215,11 +340,14 @@ _EXCEPTION = re.compile(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b:?")
 
 
 # What a launcher prints after a process exits non-zero: Open MPI's boxes (between lines of
-# dashes) and Horovod's Gloo message (one line through common.world.quiet.horovodrun).
+# dashes), and Horovod's Gloo launcher's lines (each process that failed, the others ended, and
+# its closing message, one line through common.world.quiet.horovodrun).
 _RULE = "-" * 74  # Open MPI's help-message rule, a whole line
 _REPORTS = ("Primary job  terminated normally, but", "mpirun detected that one or more processes "
-            "exited with non-zero status", "horovodrun: RuntimeError: Horovod detected that one "
-            "or more processes exited with non-zero status")
+            "exited with non-zero status")
+_REPORT_LINE = re.compile(r"horovodrun: RuntimeError: Horovod detected that one or more processes "
+                          r"exited with non-zero status|Process \d+ exit with status code -?\d+\.$"
+                          r"|Terminating remaining workers after failure of Process \d+\.$")
 
 
 class _StderrRelay:
@@ -251,7 +379,7 @@ class _StderrRelay:
                         self._write(held)
                     held, box = [], False
                 continue
-            if any(text.startswith(r) for r in _REPORTS[2:]):
+            if _REPORT_LINE.match(text.rstrip("\r\n")):
                 self.reports.append(line)
                 continue
             if held or text.startswith(_TRACEBACK):
@@ -340,6 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restart-backoff", type=float, default=5.0, metavar="S",
                         help="seconds before a relaunch, doubled at each restart of the window "
                              f"(default 5, at most {MAX_BACKOFF_S:g})")
+    parser.add_argument("--min-np", type=int, default=None, metavar="N",
+                        help="with several hosts (-H a:2,b:2), a host that failed twice within "
+                             "--restart-window is left out of the next launch if the other "
+                             "hosts still have N slots (the run resumes on fewer workers); "
+                             "default: the command's own -np (never fewer workers)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the launcher command line")
     args = parser.parse_args(argv)
     if not args.command:
@@ -347,8 +480,10 @@ def main(argv: list[str] | None = None) -> int:
                      "recipes/pytorch/mnist.py")
     if args.max_restarts < 0 or args.restart_window <= 0 or args.restart_backoff < 0:
         parser.error("--max-restarts must be >= 0, --restart-window > 0, --restart-backoff >= 0")
+    if args.min_np is not None and args.min_np < 1:
+        parser.error("--min-np must be >= 1")
     return run_with_restarts(args.command, args.grace, args.max_restarts, args.restart_window,
-                             args.restart_backoff)
+                             args.restart_backoff, args.min_np)
 
 
 def horovodrun() -> int:

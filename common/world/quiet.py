@@ -26,6 +26,7 @@ TensorFlow print it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -104,9 +105,11 @@ def horovodrun() -> None:
     try:
         return run_commandline()
     except Exception as e:  # noqa: BLE001 - Horovod ends a failed job by raising: its message,
-        # which names the process and its exit code, without the launcher's traceback
+        # which names the process and its exit code, without the launcher's traceback; on one
+        # line (a wrapping hvd-launch holds it with the launcher's other reports)
         sys.stdout.flush()
-        sys.stderr.write(f"horovodrun: {type(e).__name__}: {e}".rstrip() + "\n")
+        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        sys.stderr.write(f"horovodrun: {type(e).__name__}: {message}\n")
         sys.exit(1)
 
 
@@ -134,6 +137,10 @@ def _quiet_launcher() -> None:
                       *args, **kwargs)
 
     shell.prefix_connection = rank_zero_stdout_untagged
+    # Gloo's launcher reports each failed process on its standard output ("Process 1 exit with
+    # status code 2."): on stderr, with the launcher's other reports, where a wrapping
+    # hvd-launch holds them to the job's end.
+    gloo_run.print = functools.partial(print, file=sys.stderr)
     mpi_run.os = _UntaggedMpirun(mpi_run.os)
     mpi_run.safe_shell_exec = _UntaggedMpirun(mpi_run.safe_shell_exec)
 

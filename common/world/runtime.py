@@ -61,8 +61,14 @@ GLOO_CPU_CYCLE_TIME_MS = "5"
 # asks for instead when every worker is on one host (see runtime_settings).
 HOROVODRUN_BTL = "^openib"
 ONE_HOST_BTL = "^openib,ofi"
+# Gloo's own timeout (a wait for another rank; horovodrun --gloo-timeout-seconds, 30 s by
+# default): under the stall watchdog it is set this much above --stall-timeout, so that the
+# watchdog, which names the rank and leaves exit status 124, decides (the same rule as under MPI,
+# which has no such timeout), not Gloo, which ends the job naming nobody.
+GLOO_TIMEOUT_ENV = "HOROVOD_GLOO_TIMEOUT_SECONDS"
+GLOO_TIMEOUT_MARGIN_S = 30
 # Values a launcher sets by itself: not the user's choice, so the core's setting replaces them.
-_LAUNCHER_DEFAULTS = {"OMPI_MCA_btl": HOROVODRUN_BTL}
+_LAUNCHER_DEFAULTS = {"OMPI_MCA_btl": HOROVODRUN_BTL, GLOO_TIMEOUT_ENV: "30"}
 
 
 def cpu_cores(cgroup_fs: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int:
@@ -182,6 +188,19 @@ def apply_runtime_settings(wanted: Mapping[str, str],
             environ[name] = value
             used[name] = f"{value} (core)"
     return used
+
+
+def stall_settings(stall_timeout: float,
+                   environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """Under Gloo with the stall watchdog on (``--stall-timeout``; not in elastic mode, where
+    Gloo's timeout is how a lost worker is found): Gloo's own timeout
+    :data:`GLOO_TIMEOUT_MARGIN_S` above the stall timeout, unless the user chose one. Applied
+    to ``environ`` before Horovod's init; returns it for the settings line."""
+    if (environ.get("HOROVOD_CONTROLLER") != "gloo" or not stall_timeout
+            or environ.get("HOROVOD_ELASTIC")):
+        return {}
+    wanted = str(math.ceil(stall_timeout) + GLOO_TIMEOUT_MARGIN_S)
+    return apply_runtime_settings({GLOO_TIMEOUT_ENV: wanted}, environ)
 
 
 def _gpu_visible() -> bool:

@@ -56,7 +56,8 @@ def test_the_installed_horovodrun_stops_cleanly_on_sigterm_and_its_workers_outli
         job.inject(job.job.pid, sig, fault_record)
         deadline = time.monotonic() + END_BOUND_S
         while any(Path(f"/proc/{pid}").exists() for pid in workers):
-            assert time.monotonic() < deadline, "workers outlived their launcher"
+            assert time.monotonic() < deadline, ("workers outlived their launcher",
+                                                 [process_state(pid) for pid in workers])
             time.sleep(0.2)
     [line] = [x for x in job.out.splitlines() if "stopped by" in x]  # mpirun kept the pipe
     if sig == signal.SIGTERM:
@@ -70,3 +71,15 @@ def test_the_installed_horovodrun_stops_cleanly_on_sigterm_and_its_workers_outli
     step = int(line.split("after step ")[1].split()[0])
     assert max(checkpoint_steps(run / "ckpt")) == step
     rerun_matches(run, uninterrupted, tmp_path, FAULT_FLAGS)
+
+
+def process_state(pid: int) -> str:
+    """What a process is doing, and its parent's name: ``1234 S (sleeping) under mpirun``."""
+    try:
+        status = dict(line.split(":\t", 1) for line in
+                      Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+        parent = Path(f"/proc/{status['PPid'].strip()}/comm").read_text().strip()
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return f"{pid} gone"
+    return f"{pid} {status['State'].strip()} in {wchan} under {parent}"

@@ -30,7 +30,8 @@ def test_a_launch_shows_and_saves_the_settings_it_ran_with(tmp_path, launch, mon
     else:
         job = launched("pytorch", {"horovodrun --gloo": "gloo"}.get(launch, launch))
         stdout, folder = job.stdout, job.out
-        expected = {"horovodrun --gloo": {"HOROVOD_CYCLE_TIME": "5 (core)"},
+        expected = {"horovodrun --gloo": {"HOROVOD_CYCLE_TIME": "5 (core)",  # the watchdog
+                                          "HOROVOD_GLOO_TIMEOUT_SECONDS": "330 (core)"},  # first
                     "horovodrun": {"OMPI_MCA_mpi_yield_when_idle": "1 (core)",  # one host: Open
                                    "OMPI_MCA_btl": "^openib,ofi (core)"},  # MPI's libfabric out
                     "mpirun": {"OMPI_MCA_mpi_yield_when_idle": "1 (core)"}}[launch]

@@ -14,6 +14,7 @@ from common.world.runtime import (
     launched_local_size,
     launched_world_size,
     runtime_settings,
+    stall_settings,
 )
 
 
@@ -46,6 +47,20 @@ def test_a_one_host_horovodrun_job_leaves_out_open_mpi_s_libfabric_transport():
     env = {"OMPI_MCA_btl": "^openib"}
     assert apply_runtime_settings(one_host, env)["OMPI_MCA_btl"] == "^openib,ofi (core)"
     assert env["OMPI_MCA_btl"] == "^openib,ofi"
+
+
+def test_under_gloo_the_stall_watchdog_decides_before_gloo_s_own_timeout():
+    env = {"HOROVOD_CONTROLLER": "gloo", "HOROVOD_GLOO_TIMEOUT_SECONDS": "30"}  # horovodrun's
+    assert stall_settings(8, env) == {"HOROVOD_GLOO_TIMEOUT_SECONDS": "38 (core)"}
+    assert env["HOROVOD_GLOO_TIMEOUT_SECONDS"] == "38"
+    assert stall_settings(300, {"HOROVOD_CONTROLLER": "gloo"}) == {
+        "HOROVOD_GLOO_TIMEOUT_SECONDS": "330 (core)"}
+    # the user's own --gloo-timeout-seconds stays; MPI, no watchdog and elastic mode: untouched
+    mine = {"HOROVOD_CONTROLLER": "gloo", "HOROVOD_GLOO_TIMEOUT_SECONDS": "45"}
+    assert stall_settings(8, mine) == {"HOROVOD_GLOO_TIMEOUT_SECONDS": "45 (environment)"}
+    for env in ({"HOROVOD_CONTROLLER": "mpi"}, {"HOROVOD_CONTROLLER": "gloo", "HOROVOD_ELASTIC": "1"}):
+        assert stall_settings(8, env) == {}
+    assert stall_settings(0, {"HOROVOD_CONTROLLER": "gloo"}) == {}
 
 
 def test_a_value_in_the_environment_always_wins():
