@@ -3,7 +3,7 @@ VENV ?= .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 NP ?= 2
 
-.PHONY: setup train test test-unit test-jobs lint check-build doctor bench compare-strategies docker-test clean
+.PHONY: setup slurm train test test-unit test-jobs slurm-test lint check-build doctor bench compare-strategies docker-test clean
 
 setup:
 	@bash setup/setup.sh
@@ -16,7 +16,7 @@ train: setup
 # tests/jobs), in two pytest-xdist processes (tests/conftest.py keeps the timing-sensitive tests
 # alone); a crashed test process ends the run rather than being replaced (a replaced one left
 # the run waiting). Budget: at most 25 minutes from a fresh clone with setup (wheel cached).
-test: setup lint
+test: setup lint slurm
 	python -m pytest -v -ra --durations=25 -n 2 --dist loadfile --max-worker-restart 0
 
 # The unit lane: every test that starts no worker process (tests/unit). Budget: 2 minutes.
@@ -26,6 +26,16 @@ test-unit: setup
 # One feature's real jobs: make test-jobs JOBS=faults (a folder of tests/jobs; all without JOBS).
 test-jobs: setup
 	python -m pytest tests/jobs/$(JOBS) -v -ra --durations=10 -n 2 --dist loadfile --max-worker-restart 0
+
+# Debian's slurm-wlm and munge (as root, from apt) for tests/jobs/slurm, which start a real
+# one-node SLURM cluster of their own; without root the SLURM tests are skipped. Not part of setup.
+slurm:
+	@bash setup/slurm.sh
+
+# The SLURM lane: recipes/slurm/horovod.sbatch submitted to that cluster, both launch paths,
+# requeue and resubmission (about 90 s; also part of make test).
+slurm-test: setup slurm
+	python -m pytest tests/jobs/slurm -v -ra
 
 lint: setup
 	ruff check .

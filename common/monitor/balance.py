@@ -38,7 +38,7 @@ MIN_STEPS_TO_JUDGE = 16
 
 # Test hook: "RANK:SECONDS" sleeps that long in RANK's data loading before every batch, to make
 # a straggler on purpose (tests/jobs/monitoring/test_balance.py); "*:SECONDS" slows every rank
-# alike, to stretch a run's time without its work (tests/jobs/docker_slurm/test_sbatch.py).
+# alike, to stretch a run's time without its work (tests/jobs/slurm/test_slurm.py).
 # Unset in real runs.
 SLOW_DATA_ENV = "HOROVOD_RECIPES_TEST_SLOW_DATA"
 

@@ -1,5 +1,5 @@
 """Tests of docker/: the images, compose file and build context, linted and read (no engine needed;
-tests/jobs/docker_slurm runs them)."""
+tests/jobs/docker runs them)."""
 
 from __future__ import annotations
 
