@@ -103,6 +103,16 @@ class CheckpointManager:
 
         ``max_step`` (a rollback): the newest of that step or earlier; newer ones are renamed
         ``*.diverged`` so that no later run resumes from them."""
+        error, meta, notices = self.read(max_step)
+        agree(not error, error, self.backend.broadcast_object)
+        meta = self.backend.broadcast_object(meta, name="ckpt_meta")
+        self.backend.broadcast_state()
+        return self.resume(meta, notices)
+
+    def read(self, max_step: int | None = None) -> tuple[str, dict | None, list[str]]:
+        """Rank 0's half of :meth:`restore`, no collective: load the newest valid checkpoint
+        into this rank's model and optimizer. Returns (error, what every rank needs to resume:
+        ``None`` if nothing was found, rank 0's notices); other ranks get ('', None, [])."""
         rt = self.backend.runtime()
         found, error, notices, moved = None, "", [], []
         if rt.is_root and self.store is not None:
@@ -125,16 +135,19 @@ class CheckpointManager:
                                        f"run's: {changed}")
             except CheckpointError as e:
                 error = str(e)
-        agree(not error, error, self.backend.broadcast_object)
         meta = None
-        if found:
+        if found and not error:
             ref, record, _ = found
             meta = {k: record.get(k) for k in ("epoch", "step", "rng", "world_size",
                                                  "steps_per_epoch", "epoch_sums", "lr_factor")}
             meta["path"] = ref.path
             meta["set_aside"] = moved
-        meta = self.backend.broadcast_object(meta, name="ckpt_meta")
-        self.backend.broadcast_state()
+        return error, meta, notices
+
+    def resume(self, meta: dict | None, notices: list[str]) -> Resume:
+        """Every rank's half of :meth:`restore`, no collective: where to continue from rank 0's
+        ``meta`` (from :meth:`read`), this rank's RNG streams and partial-epoch counters."""
+        rt = self.backend.runtime()
         if meta is None:
             return Resume(notices=notices)
         resume = Resume(meta["epoch"], meta["step"], meta["path"], notices=notices,

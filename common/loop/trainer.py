@@ -95,6 +95,8 @@ class Trainer:
         self.samples_per_sec = 0.0
         self.trained = False
         self.first_step = 0  # the step this run started from
+        # Elastic mode: rank 0's restore, until its first elastic sync hands it to every rank.
+        self.elastic_start: dict[str, Any] | None = None
         self.guard = DivergenceGuard(cfg.run.divergence_factor)
         self.signals = SignalWatch(cfg.run.stop_signals)
         self.wall_clock = Throughput()
@@ -156,10 +158,20 @@ class Trainer:
         """The LR of ``step``: the schedule's, times what rollbacks left of it."""
         return self.schedule(step) * self.state.lr_factor
 
-    def _restore_position(self, max_step: int | None = None) -> Resume:
+    def _restore_position(self, max_step: int | None = None, elastic: bool = False) -> Resume:
         """Load the newest checkpoint (of ``max_step`` or earlier) on every rank (a collective)
-        and continue from it."""
-        resume: Resume = self.checkpoint_manager.restore(max_step)
+        and continue from it. ``elastic``: rank 0 alone reads it, no collective (``restore``)."""
+        if elastic:
+            error, meta, notices = self.checkpoint_manager.read()
+            self.elastic_start = {"error": error, "meta": meta}
+            resume = self.checkpoint_manager.resume(meta, notices)
+        else:
+            resume = self.checkpoint_manager.restore(max_step)
+        self.continue_from(resume)
+        return resume
+
+    def continue_from(self, resume: Resume) -> None:
+        """Take the loop's position and this rank's partial-epoch counters from ``resume``."""
         s = self.state
         s.epoch, s.step, s.checkpoint = resume.epoch, resume.step, resume.checkpoint
         self.signals.reset()
@@ -170,7 +182,6 @@ class Trainer:
             self.epoch_sums = MetricSums(self.backend.train_layout, resume.epoch_sums)
         if s.checkpoint:
             self.out.resumed(s.epoch)
-        return resume
 
     @property
     def total_steps(self) -> int:
@@ -194,27 +205,36 @@ class Trainer:
                           epoch_eta=(self.n_steps - step_in_epoch) * per_step,
                           run_eta=(self.total_steps - self.state.step) * per_step)
 
-    def restore(self) -> None:
-        """Resume from the newest checkpoint (a collective) and report the run's start."""
-        resume = self._restore_position()
+    def restore(self, elastic: bool = False) -> None:
+        """Resume from the newest checkpoint (a collective) and report the run's start.
+
+        ``elastic``: no collective. A worker that joins a running elastic job meets the others
+        in their next elastic sync, so nothing before it may wait for them: rank 0 alone reads
+        the checkpoint and reports, and its first sync hands its state, position and any error
+        to every rank (``elastic_start``, taken by ``common.loop.elastic``)."""
+        resume = self._restore_position(elastic=elastic)
         self.first_step = self.state.step  # checkpoints after it are this run's own
         self.state.lr_factor = resume.lr_factor
         if resume.lr_factor != 1.0:
             resume.notices.append(f"the LR stays x{resume.lr_factor:g} (rollbacks of the saved "
                                   "run)")
-        error = self.out.start(recipe=self.recipe, cfg=self.cfg, recipe_args=self.recipe_args,
-                               world_size=self.rt.size,
-                               notices=resume.notices + self.backend.notices,
-                               n_train=self.backend.n_train, n_val=self.backend.n_val,
-                               describe=self.describe, n_steps=self.n_steps,
-                               target_lr=self.schedule.target_lr, epoch=self.state.epoch,
-                               step=self.state.step, checkpoint=self.state.checkpoint,
-                               replicas=self.backend.data_parallel()[1],
-                               steps_into_epoch=self.state.samples_done // self.step_samples,
-                               saved_step=resume.saved_step)
-        agree(not error, error, self.backend.broadcast_object)
+        error = elastic and self.elastic_start["error"]
+        if not error:
+            error = self.out.start(
+                recipe=self.recipe, cfg=self.cfg, recipe_args=self.recipe_args,
+                world_size=self.rt.size, notices=resume.notices + self.backend.notices,
+                n_train=self.backend.n_train, n_val=self.backend.n_val, describe=self.describe,
+                n_steps=self.n_steps, target_lr=self.schedule.target_lr, epoch=self.state.epoch,
+                step=self.state.step, checkpoint=self.state.checkpoint,
+                replicas=self.backend.data_parallel()[1],
+                steps_into_epoch=self.state.samples_done // self.step_samples,
+                saved_step=resume.saved_step)
+        if elastic:
+            self.elastic_start["error"] = error
+        else:
+            agree(not error, error, self.backend.broadcast_object)
         attempt, cause = restart()
-        if attempt:  # hvd-launch --max-restarts relaunched the job
+        if attempt and not error:  # hvd-launch --max-restarts relaunched the job
             self.out.record("restart", attempt=attempt, cause=cause, resumed_step=self.state.step,
                             checkpoint=self.state.checkpoint)
 
@@ -447,7 +467,7 @@ def fit(backend: Backend, cfg: TrainConfig, recipe: str, recipe_args: dict[str, 
     run_epochs = run_epochs or Trainer.train
     try:
         with trainer.running(elastic is not None):
-            trainer.restore()
+            trainer.restore(elastic is not None)
             if elastic is None:
                 trainer.train_with_rollbacks(lambda t: run_epochs(t, None))
             else:

@@ -18,9 +18,10 @@ from tests.support import (
     load_checkpoint,
     max_abs_diff,
     read_records,
-    run_elastic_and_kill_one,
+    run_elastic_growth,
     run_recipe,
     tensorboard_scalars,
+    world_records,
     write_cifar,
     write_image_folders,
 )
@@ -104,10 +105,15 @@ def test_synthetic_benchmark_summary(tmp_path):
     assert proc.stdout.count("total img/s on 2 worker(s)") == 1
 
 
-def test_elastic_run_survives_a_killed_worker(tmp_path):
-    records, output = run_elastic_and_kill_one(PT / "elastic_mnist.py", tmp_path)
-    assert "world changed: 2 worker(s) now" in output
-    assert final_record(tmp_path / "metrics.jsonl")["world_size"] == 2
+def test_elastic_run_grows_loses_a_worker_and_grows_back(tmp_path):
+    """2 workers, a host joins (3), its worker is killed (2), the host comes back (3): the joiner
+    gets the others' state instead of deadlocking its restore against their sync."""
+    records, output = run_elastic_growth(PT / "elastic_mnist.py", tmp_path, leave="killed")
+    assert world_records(records) == [(2, 3, "hosts changed"), (3, 2, "a worker failed"),
+                                      (2, 3, "hosts changed")]
+    assert output.count("world changed: 3 worker(s) now (hosts changed)") == 2
+    assert output.count("world changed: 2 worker(s) now (a worker failed)") == 1
+    assert final_record(tmp_path / "metrics.jsonl")["world_size"] == 3
 
 
 def test_single_process_amp_notice_tensorboard_and_config(tmp_path):

@@ -10,7 +10,6 @@ import pytest
 
 from tests.support import (
     BIN,
-    ELASTIC_EPOCHS,
     HANG_GUARD_S,
     KERAS_MNIST,
     MNIST,
@@ -22,10 +21,11 @@ from tests.support import (
     job_env,
     max_array_diff,
     read_records,
-    run_elastic_and_kill_one,
+    run_elastic_growth,
     run_recipe,
     tensorboard_scalars,
     tf_weights,
+    world_records,
 )
 
 TF = RECIPES / "tensorflow"
@@ -139,12 +139,16 @@ def test_pytorch_and_tensorflow_see_the_same_lr(trained):
     assert lrs["pt"][3][1] == pytest.approx(target * 0.1)  # decayed after 3 epochs
 
 
-def test_elastic_keras_run_survives_a_killed_worker(tmp_path):
-    records, output = run_elastic_and_kill_one(TF / "elastic_keras_mnist.py", tmp_path)
-    assert "world changed: 2 worker(s) now" in output  # the trainer re-entered the new world
-    assert final_record(tmp_path / "metrics.jsonl")["world_size"] == 2
-    epochs = [r["epoch"] for r in records if r["type"] == "epoch"]
-    assert set(epochs) == set(range(1, ELASTIC_EPOCHS + 1))  # none skipped (a restarted one repeats)
+def test_elastic_keras_run_grows_shrinks_and_grows_back(tmp_path):
+    """model.fit on 2 workers, a host joins (3), is dropped from the discovery script (2) and
+    listed again (3): each joiner gets the others' state, each change is recorded."""
+    records, output = run_elastic_growth(TF / "elastic_keras_mnist.py", tmp_path,
+                                         leave="removed")
+    assert world_records(records) == [(2, 3, "hosts changed"), (3, 2, "hosts changed"),
+                                      (2, 3, "hosts changed")]
+    assert output.count("world changed: 3 worker(s) now") == 2
+    assert output.count("world changed: 2 worker(s) now") == 1
+    assert final_record(tmp_path / "metrics.jsonl")["world_size"] == 3
 
 
 @pytest.mark.parametrize("loop", ["tape", "keras-fit"])

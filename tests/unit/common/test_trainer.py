@@ -322,3 +322,121 @@ def test_max_steps_counts_steps_in_all_on_a_rerun(tmp_path, capsys):
     assert record["step"] == 5
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("ckpt-*"))[-1].endswith("s000000005.pkl")
     assert np.array_equal(first.w, again.w)
+
+
+class WorldBackend(NumpyBackend):
+    """A rank of a world of ``size``: each collective's name is logged; a broadcast returns what
+    ``root`` holds for its name (rank 0's objects, as a joiner would receive them)."""
+
+    def __init__(self, cfg, rank=0, size=1, root=None):
+        super().__init__(cfg, size=size)
+        self.rank, self.root, self.collectives = rank, root or {}, []
+
+    def runtime(self):
+        return Runtime(self.rank, self.size, self.rank, self.size)
+
+    def broadcast_object(self, obj, root_rank=0, name=None):
+        self.collectives.append(name)
+        return self.root.get(name, obj)
+
+    def allreduce_sum(self, values):
+        self.collectives.append("allreduce")
+        return super().allreduce_sum(values)
+
+    def broadcast_state(self):
+        self.collectives.append("state")
+
+    def elastic_run(self, func):
+        """As Horovod's ``elastic.run``: every process syncs as it enters."""
+
+        def run(state):
+            state.sync()
+            return func(state)
+
+        return run
+
+
+def test_an_elastic_start_makes_no_collective_before_its_first_sync_and_resumes_exactly(tmp_path):
+    """A worker that joins a running job meets the others in their sync: before it, nothing may
+    wait for them. Rank 0 reads the checkpoint alone; its first sync hands it on."""
+    from common.config.strategies import ElasticConfig
+
+    plain = NumpyBackend(config(tmp_path / "a"))
+    fit(plain, config(tmp_path / "a"), "test")
+    elastic = ElasticConfig(commit_steps=2)
+    first = WorldBackend(config(tmp_path / "b", max_steps=7, on_divergence="stop"))
+    fit(first, config(tmp_path / "b", max_steps=7, on_divergence="stop"), "test", elastic=elastic)
+    again = WorldBackend(config(tmp_path / "b", on_divergence="stop"))
+    fit(again, config(tmp_path / "b", on_divergence="stop"), "test", elastic=elastic)
+    assert again.collectives[:2] == ["elastic_position", "state"], again.collectives[:4]
+    assert np.array_equal(plain.w, again.w) and np.array_equal(plain.v, again.v)
+    # epochs 2 to 4 as the uninterrupted run's (the resumed epoch 2 with its saved counters)
+    assert [r["train_loss"] for r in epoch_records(tmp_path / "a")][1:] == [
+        r["train_loss"] for r in epoch_records(tmp_path / "b")][-3:]
+
+
+def elastic_rank(tmp_path, rank, root, size=2):
+    from common.loop.elastic import ElasticState
+    from common.loop.trainer import Trainer
+
+    cfg = config(tmp_path, on_divergence="stop")
+    trainer = Trainer(WorldBackend(cfg, rank, size, root), cfg, "test")
+    trainer.restore(elastic=True)
+    return trainer, ElasticState(trainer)
+
+
+def test_a_joining_worker_takes_rank_0s_position_and_rng_streams_of_its_own(tmp_path):
+    from common.loop.elastic import JOIN_SEED_STRIDE
+    from common.loop.state import LoopState
+
+    position = LoopState(epoch=1, step=13, samples_done=24, checked_step=13).state_dict()
+    trainer, state = elastic_rank(tmp_path, 2, {"elastic_position": {"position": position,
+                                                                      "start": None}}, size=3)
+    state.sync()
+    # 40 samples, 8 per rank and step on 3 ranks: 1 step an epoch; 24 samples done are 1 step
+    assert (trainer.state.epoch, trainer.state.samples_done, trainer.state.step) == (1, 24, 2)
+    seeded = np.random.default_rng(trainer.cfg.run.seed + JOIN_SEED_STRIDE * 14 + 2)
+    assert trainer.backend.rng.random() == seeded.random()
+    assert trainer.backend.collectives == ["elastic_position", "state"]
+
+
+def test_at_an_elastic_start_each_rank_takes_its_own_rng_from_rank_0s_checkpoint(tmp_path):
+    from common.loop.state import LoopState
+
+    streams = [np.random.default_rng(100 + r).bit_generator.state for r in range(2)]
+    meta = {"epoch": 1, "step": 3, "rng": streams, "world_size": 2, "steps_per_epoch": 2,
+            "epoch_sums": [[1.0, 8.0, 0.0], [2.0, 8.0, 0.0]], "lr_factor": 1.0,
+            "path": "ckpt-x", "set_aside": []}
+    position = LoopState(epoch=1, step=3, samples_done=16).state_dict()
+    trainer, state = elastic_rank(tmp_path, 1, {"elastic_position": {
+        "position": position, "start": {"error": "", "meta": meta}}})
+    state.sync()
+    assert trainer.backend.rng.random() == np.random.default_rng(101).random()
+    assert list(trainer.epoch_sums.values) == [2.0, 8.0, 0.0]  # rank 1's partial epoch
+    assert (trainer.state.epoch, trainer.state.step) == (1, 3)
+
+
+def test_an_error_in_rank_0s_elastic_start_ends_every_rank_together(tmp_path):
+    from common.base.errors import AgreedError
+    from common.loop.state import LoopState
+
+    _, state = elastic_rank(tmp_path, 1, {"elastic_position": {
+        "position": LoopState().state_dict(), "start": {"error": "bad checkpoint", "meta": None}}})
+    with pytest.raises(AgreedError, match="bad checkpoint"):
+        state.sync()
+
+
+def test_every_world_change_is_a_line_and_a_record(tmp_path, capsys):
+    from common.loop.elastic import HOSTS_CHANGED, WORKER_FAILED
+
+    trainer, state = elastic_rank(tmp_path, 0, {}, size=2)
+    trainer.backend.size = 3
+    state.reset()
+    trainer.backend.size = 2
+    state.restore()
+    state.reset()
+    worlds = [(r["previous_world_size"], r["world_size"], r["cause"])
+              for r in map(json.loads, (tmp_path / "m.jsonl").read_text().splitlines())
+              if r["type"] == "world"]
+    assert worlds == [(2, 3, HOSTS_CHANGED), (3, 2, WORKER_FAILED)]
+    assert "world changed: 2 worker(s) now (a worker failed)" in capsys.readouterr().out
