@@ -6,3 +6,9 @@ Layers, lowest first (a module imports only from its own layer or lower ones; do
 plugs in through ``frameworks.backend.Backend`` (``torch_backend``, ``tf_backend``;
 ``loop.keras_fit`` drives the same trainer from ``model.fit``).
 """
+
+from common.base.signals import hold_early
+
+# A worker's stop signal from here on waits for its training loop (common.base.signals), and a
+# wrapping hvd-launch knows the worker; recipes import the core before their framework.
+hold_early()

@@ -14,13 +14,14 @@ import traceback
 from collections.abc import Callable
 
 from common.base.errors import AgreedError, UserError, env_rank, say, wait_for_the_other_ranks
-from common.base.launch_dir import record_exit, register_worker
+from common.base.launch_dir import record_exit
 from common.faults.preemption import Preempted
 
 
 def run_main(main: Callable[[], object]) -> None:
-    """Run a recipe's main; on any error print one line (and a traceback for bugs) and exit."""
-    register_worker()
+    """Run a recipe's main; on any error print one line (and a traceback for bugs) and exit.
+
+    (Importing the core registered the worker with a wrapping hvd-launch: common.base.signals.)"""
     try:
         main()
         record_exit(0)

@@ -8,7 +8,9 @@ every few steps when steps are short (about every :data:`AGREE_EVERY_S` seconds:
 between agreements are agreed in the same allreduce, so every rank takes part in the same ones),
 so they stop together at the same step: the trainer writes a checkpoint of exactly that step
 (mid-epoch, with every rank's RNG state and metric sums), rank 0 prints one line, and every
-rank exits with :data:`EXIT_PREEMPTED`. Running the same command again resumes from it.
+rank exits with :data:`EXIT_PREEMPTED`. Running the same command again resumes from it. A
+signal that came while the worker was starting was held (``common.base.signals``) and is taken
+at the first agreement.
 
 A launcher that dies counts as a stop signal too: ``horovodrun`` (MPI mode, where it has
 become ``sh -c mpirun ...``) exits on SIGTERM and leaves ``mpirun`` and the workers running,
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from common.base.errors import env_rank, say
+from common.base.signals import die_of, take_held
 from common.config.core import signal_number
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request, run again to continue
@@ -71,6 +74,11 @@ class SignalWatch:
         if threading.current_thread() is threading.main_thread():
             for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
+        early = take_held()  # a stop signal while the worker started (common.base.signals)
+        if early is not None and self.received is None:
+            if early not in self.signals:  # not a stop signal here: what it would have done
+                die_of(early)
+            self.received = early
         self._watching = threading.Event()
         launcher = launcher_process() if self.signals else None
         if launcher is not None:

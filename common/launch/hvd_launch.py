@@ -15,8 +15,8 @@ written. So this wrapper:
 * on SIGTERM, SIGINT or SIGUSR1 sends that same signal to each worker on this host (workers
   register themselves through ``HVD_LAUNCH_DIR``). One rank's signal is enough: the training
   loop makes every rank agree at the next step, write a checkpoint of it and exit 75
-  (``common.faults.preemption``). With no worker on this host, ``mpirun`` gets SIGUSR1, which Open MPI
-  forwards to every rank;
+  (``common.faults.preemption``). A signal before any worker here has started waits for one;
+  with no worker on this host, ``mpirun`` gets SIGUSR1, which Open MPI forwards to every rank;
 * after ``--grace`` seconds, or on a second signal, kills everything below it;
 * ends with one line and the workers' exit status (75: stopped, run again to resume; 124:
   stalled; 2: bad input; 1: a bug, traceback above), instead of horovodrun's own traceback;
@@ -63,6 +63,9 @@ _PR_SET_CHILD_SUBREAPER = 36
 # Exit statuses a relaunch cannot fix: done, bad input or divergence, stopped, interrupted.
 NOT_RESTARTED = (0, 2, 75, 130)
 MAX_BACKOFF_S = 300.0
+# How long a stop signal waits for a worker on this host to register before it goes through
+# mpirun (a worker registers as it first imports the core, well within this even on a busy host).
+WAIT_FOR_WORKERS_S = 15.0
 
 
 # --- the wrapper ---------------------------------------------------------------------------------
@@ -79,6 +82,7 @@ class Launch:
         self.forwarded: signal.Signals | None = None
         self.child: subprocess.Popen | None = None
         self.lost: list[int] = []  # the ranks lost in this launch, the first lost first
+        self.pending: signal.Signals | None = None  # a stop signal no worker here had yet
 
     def run(self) -> int:
         _become_subreaper()
@@ -98,6 +102,7 @@ class Launch:
                 say(f"{self.name}: the workers did not stop within --grace {self.grace:g} s; "
                      "killing them")
                 self._kill_all()
+            self._pass_on_pending()
             self._end_silent()
             time.sleep(0.2)
         relay.join(5)
@@ -131,18 +136,37 @@ class Launch:
             self._kill_all()
             return
         self.stopping_since, self.forwarded = time.monotonic(), sig
+        if not self._forward(sig):
+            self.pending = sig
+            say(f"{self.name}: {sig.name}: no worker on this host has started yet; waiting for "
+                f"one (at most {WAIT_FOR_WORKERS_S:g} s) to pass it on")
+
+    def _forward(self, sig: signal.Signals) -> bool:
+        """Send ``sig`` to the workers on this host, if any has registered (from the first import
+        of the core on, a worker holds a stop signal for its loop: common.base.signals)."""
         workers = self._workers()
+        for pid in workers:
+            _signal(pid, sig)
         if workers:
-            for pid in workers:
-                _signal(pid, sig)
             say(f"{self.name}: {sig.name} sent to {len(workers)} worker(s) on this host; they "
                  f"stop at the next step with a checkpoint (a second signal kills them)")
+        return bool(workers)
+
+    def _pass_on_pending(self) -> None:
+        """A signal that came before any worker here registered: to the first ones that do, or,
+        when none has after WAIT_FOR_WORKERS_S (every worker on other hosts), through mpirun."""
+        sig = self.pending
+        if sig is None or self._forward(sig):
+            self.pending = None
             return
+        if time.monotonic() - self.stopping_since < WAIT_FOR_WORKERS_S:
+            return
+        self.pending = None
         mpirun = [p for p in self._descendants() if _name(p) in ("mpirun", "orterun", "prterun")]
         if mpirun:  # workers only on other hosts: Open MPI forwards SIGUSR1 to every rank
             _signal(mpirun[0], signal.SIGUSR1)
             say(f"{self.name}: {sig.name}: no worker on this host; SIGUSR1 sent through mpirun")
-        else:  # still starting: nothing to save yet
+        else:  # no worker ever started: nothing to save
             for pid in self._descendants():
                 _signal(pid, signal.SIGTERM)
 

@@ -12,17 +12,18 @@ single-process script.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torchvision.transforms import v2
-
 from common.config import ConfigError, core_parser, parse_config
 from common.data.datasets import load_cifar10
 from common.faults.ending import run_main
 from common.frameworks.torch_backend import TorchBackend, init, sgd
 from common.frameworks.torch_data import SeededTransform
 from common.loop.trainer import fit
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms import v2
+
 from recipes.shared import run_dirs
 
 RECIPE = "pytorch/cifar10_resnet"

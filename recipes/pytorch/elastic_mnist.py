@@ -19,6 +19,7 @@ from common.config.strategies import ElasticConfig
 from common.faults.ending import run_main
 from common.frameworks.torch_backend import init
 from common.loop.trainer import fit
+
 from recipes.pytorch.mnist import build
 from recipes.shared import mnist_parser
 

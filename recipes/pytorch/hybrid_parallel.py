@@ -16,14 +16,15 @@ metrics run it (common/strategies/pipeline.py). Needs an MPI launch (not horovod
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 from common.config import parse_config
 from common.config.strategies import PipelineConfig
 from common.faults.ending import run_main
 from common.loop.trainer import fit
 from common.strategies.pipeline import PipelineBackend, init_pipeline
+
+import torch
+import torch.nn.functional as F
+
 from recipes.pytorch import models
 from recipes.shared import mnist_parser
 

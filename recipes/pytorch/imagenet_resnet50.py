@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import os
 
-import torch
-import torchvision
-from torch import nn
-from torchvision.transforms import v2
-
 from common.config import ConfigError, core_parser, parse_config
 from common.data.datasets import DataError
 from common.faults.ending import run_main
 from common.frameworks.torch_backend import TorchBackend, distributed_optimizer, init
 from common.frameworks.torch_data import SeededTransform
 from common.loop.trainer import fit
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.transforms import v2
+
 from recipes.shared import run_dirs
 
 RECIPE = "pytorch/imagenet_resnet50"

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch.nn.functional as F
-from torch import nn
-
 from common.config import parse_config
 from common.data.datasets import ArrayDataset, load_mnist_or_digits
 from common.faults.ending import run_main
 from common.frameworks.torch_backend import TorchBackend, init, sgd
 from common.loop.trainer import fit
+
+import torch.nn.functional as F
+from torch import nn
+
 from recipes.shared import mnist_parser
 
 RECIPE = "pytorch/mnist"

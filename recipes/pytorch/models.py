@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 from collections import OrderedDict
 
-import torch
-from torch import nn
-
 from common.config import ConfigError
 from common.data.datasets import load_mnist_or_digits
 from common.frameworks.torch_backend import as_tensors
+
+import torch
+from torch import nn
+
 from recipes.pytorch.mnist import Net, with_channel
 
 MODELS = ("cnn", "resnet18")

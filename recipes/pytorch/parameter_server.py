@@ -16,14 +16,15 @@ metrics run it (common/strategies/param_server.py). Needs an MPI launch (not hor
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 from common.config import parse_config
 from common.config.strategies import ServerConfig
 from common.faults.ending import run_main
 from common.loop.trainer import fit
 from common.strategies.param_server import ParameterServerBackend, init_param_server
+
+import torch
+import torch.nn.functional as F
+
 from recipes.pytorch import models
 from recipes.shared import mnist_parser
 

@@ -10,14 +10,15 @@ interval, with --metrics-file a JSON record of type "benchmark".
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 from common.config import core_parser, parse_config
 from common.faults.ending import run_main
 from common.frameworks.torch_backend import TorchBackend, init, sgd
 from common.monitor import benchmark
 from common.monitor.output import Reporter
+
+import torch
+import torch.nn.functional as F
+
 from recipes.pytorch.imagenet_resnet50 import build_model
 
 RECIPE = "pytorch/synthetic_benchmark"

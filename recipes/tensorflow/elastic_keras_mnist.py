@@ -18,6 +18,7 @@ from common.config.strategies import ElasticConfig
 from common.faults.ending import run_main
 from common.frameworks.tf_backend import init
 from common.loop.keras_fit import fit
+
 from recipes.shared import mnist_parser
 from recipes.tensorflow.keras_mnist import build
 

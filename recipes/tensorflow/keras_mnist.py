@@ -16,6 +16,7 @@ from common.data.datasets import load_mnist_or_digits
 from common.faults.ending import run_main
 from common.frameworks.tf_backend import TFBackend, init, tf
 from common.loop.keras_fit import compiled_backend, fit, sgd
+
 from recipes.shared import mnist_parser
 from recipes.tensorflow.mnist import build_model
 

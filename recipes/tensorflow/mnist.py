@@ -17,6 +17,7 @@ from common.data.datasets import load_mnist_or_digits
 from common.faults.ending import run_main
 from common.frameworks.tf_backend import TFBackend, init, sgd, tf
 from common.loop.trainer import fit
+
 from recipes.shared import mnist_parser
 
 RECIPE = "tensorflow/mnist"

@@ -11,8 +11,6 @@ over workers, mean and 95% interval, with --metrics-file a JSON record of type "
 
 from __future__ import annotations
 
-import numpy as np
-
 from common.config import ConfigError, core_parser, parse_config
 from common.data.datasets import ArrayDataset
 from common.faults.ending import run_main
@@ -20,6 +18,8 @@ from common.frameworks.tf_backend import TFBackend, init, sgd, tf
 from common.loop import keras_fit
 from common.monitor import benchmark
 from common.monitor.output import Reporter
+
+import numpy as np
 
 RECIPE = "tensorflow/synthetic_benchmark"
 

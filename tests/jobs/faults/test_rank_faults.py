@@ -58,6 +58,30 @@ def test_a_rank_stopped_before_training_ends_the_job_within_the_stall_timeout(tm
     assert job.seconds < 4 + 30
 
 
+@pytest.mark.parametrize("target", ["rank 1", "hvd-launch"])
+def test_a_stop_signal_while_the_workers_start_stops_them_at_the_first_step(tmp_path, fault_record,
+                                                                            target):
+    """SIGTERM to rank 1 a second after its process appears (still importing torch), or to
+    hvd-launch as soon as a worker exists: the signal is held until the loop can agree on it,
+    and the job stops at step 1 with a checkpoint, exit status 75 (it once ended with 143 and
+    only mpirun's box; through hvd-launch, rank 0 died of SIGUSR1, 138)."""
+    run = tmp_path / "run"
+    job = Faulty("mpi", MNIST, FAULT_FLAGS, run, tmp_path, wrapped=target == "hvd-launch")
+    deadline = time.monotonic() + 60
+    while not (pids := worker_pids(job.job.pid, MNIST, "OMPI_COMM_WORLD_RANK=1")):
+        assert job.job.poll() is None and time.monotonic() < deadline, job.job.communicate()
+        time.sleep(0.02)
+    if target == "rank 1":
+        time.sleep(1.0)
+    job.inject(pids[0] if target == "rank 1" else job.job.pid, signal.SIGTERM, fault_record)
+    assert job.job.returncode == 75, job.err[-3000:]
+    said = job.out + job.err
+    assert re.search(r"stopped by (SIGTERM on rank 1|signals on 2 ranks) after step 1 ", said), said
+    assert said.count("exit status 75: stopped on a signal") == 1
+    assert "mpirun noticed" not in said and "exited on signal" not in said
+    assert checkpoint_steps(run / "ckpt") == [1]
+
+
 @pytest.mark.parametrize("launcher", ["mpi", "gloo"])
 def test_a_stopped_rank_ends_the_job_after_the_stall_timeout_naming_it(tmp_path, uninterrupted,
                                                                        fault_record, launcher,
