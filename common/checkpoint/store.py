@@ -1,4 +1,4 @@
-"""Store owns a run's checkpoint files: their names, the lock, keep-last-K, finding the newest readable one.
+"""Store owns a run's checkpoint files: names, the lock, keep-last-K vouched for, the newest readable one.
 
 Every write goes through ``common.base.files.atomic_write``; a file that fails its checksum is
 moved aside (``*.corrupt``) and skipped, never loaded.
@@ -32,10 +32,15 @@ DIVERGED_SUFFIX = ".diverged"
 
 @dataclass(frozen=True, order=True)
 class CheckpointRef:
-    """One checkpoint file: after ``epoch`` full epochs and ``step`` optimizer steps in all."""
+    """One checkpoint file: after ``epoch`` full epochs and ``step`` optimizer steps in all.
 
-    step: int
+    Ordered by epoch, then step: a step counts steps of the world that took it, so after a
+    world change (a resume on another number of workers, an elastic run that grew) a newer
+    checkpoint can carry a smaller step (epoch 4 at step 236 on 3 workers after epoch 3 at
+    step 267 on 2)."""
+
     epoch: int
+    step: int
     path: str
 
 
@@ -96,7 +101,7 @@ class CheckpointStore:
         for name in os.listdir(self.directory):
             m = _NAME.match(name)
             if m and m.group(3) == self.suffix:
-                refs.append(CheckpointRef(int(m.group(2)), int(m.group(1)),
+                refs.append(CheckpointRef(int(m.group(1)), int(m.group(2)),
                                           os.path.join(self.directory, name)))
         return sorted(refs)
 
@@ -110,7 +115,14 @@ class CheckpointStore:
         return moved
 
     def save(self, epoch: int, step: int, write: Callable[[Any], None]) -> str:
-        """Write a checkpoint atomically, then delete all but the newest ``keep``."""
+        """Write a checkpoint atomically, then delete the oldest of the vouched-for ones beyond
+        the newest ``keep``.
+
+        A checkpoint is vouched for once a later check of the run passed: the divergence check
+        before each save measures the loss on the weights of every older checkpoint, not on
+        the one it is about to write. So the new one does not count toward keep-K until the
+        next save, and the folder holds keep + 1 between saves: a run that starts to diverge
+        cannot push out the good checkpoints with ones nothing has vouched for yet."""
         path = self.path_for(epoch, step)
         try:
             atomic_write(path, write)
@@ -120,31 +132,35 @@ class CheckpointStore:
         except Exception as e:  # noqa: BLE001 - a serialiser's own error for a failed write
             raise CheckpointError(f"cannot write checkpoint {path!r}: {write_error(e, path)}; the "
                                   "checkpoints already there are kept") from e
-        for old in self.list()[: -self.keep]:
+        new = CheckpointRef(epoch, step, path)
+        vouched = [ref for ref in self.list() if ref < new]
+        for old in vouched[: -self.keep]:
             os.unlink(old.path)
         return path
 
     def room(self, path: str) -> str | None:
         """After a save: a one-line warning if this folder cannot hold keep-K checkpoints of
-        ``path``'s size plus the next one while it is written (before the oldest goes), with
-        the fix; None when it can. Without it, every run resumed here fails at the same save."""
+        ``path``'s size, the newest that nothing has vouched for yet and the next one while it
+        is written (before the oldest goes), with the fix; None when it can. Without it, every
+        run resumed here fails at the same save."""
         try:
             size = os.path.getsize(path)
             ours = sum(os.path.getsize(ref.path) for ref in self.list())
             free = shutil.disk_usage(self.directory).free
         except OSError:
             return None
-        need, room = (self.keep + 1) * size, free + ours
+        need, room = (self.keep + 2) * size, free + ours
         if not size or room >= need:
             return None
-        fits = room // size - 1  # checkpoints that can be kept with room for the next one
+        fits = room // size - 2  # vouched checkpoints that can be kept beside the other two
         fix = (f"lower --keep-checkpoints to {fits}" if fits >= 1 else
                "no smaller --keep-checkpoints fits")
-        return (f"warning: --keep-checkpoints {self.keep} needs room for {self.keep + 1} "
-                f"checkpoints of {_mb(size)} here (the kept ones and the next while it is "
-                f"written): {_mb(need)}, but {self.directory} has {_mb(room)} for them "
-                f"({_mb(free)} free); a later save will fail with a full disk. Free space there, "
-                f"use another --checkpoint-dir, or {fix}")
+        return (f"warning: --keep-checkpoints {self.keep} needs room for {self.keep + 2} "
+                f"checkpoints of {_mb(size)} here (the kept ones, the newest until the next "
+                f"save vouches for it, and the next while it is written): {_mb(need)}, but "
+                f"{self.directory} has {_mb(room)} for them ({_mb(free)} free); a later save "
+                f"will fail with a full disk. Free space there, use another --checkpoint-dir, "
+                f"or {fix}")
 
     def newest_valid(
         self, load: Callable[[str], Any], max_step: int | None = None

@@ -258,8 +258,9 @@ class CheckpointConfig(FlagConfig):
     checkpoint_dir: str | None = flag(
         None, "rank 0 writes checkpoints here and every run resumes from the newest",
         section=OUTPUT, check=_not_a_file)
-    keep_checkpoints: int = flag(3, "how many recent checkpoints to keep", section=OUTPUT,
-                                 check=at_least(1), type=int)
+    keep_checkpoints: int = flag(
+        3, "how many recent checkpoints to keep (besides the newest, until a later check "
+        "vouches for it)", section=OUTPUT, check=at_least(1), type=int)
     checkpoint_epochs: int = flag(1, "checkpoint every N epochs (0: only at the end)",
                                   section=OUTPUT, type=int)
     checkpoint_steps: int = flag(

@@ -45,7 +45,8 @@ def test_cifar_recipe_and_step_level_resume(tmp_path):
     part, _ = run_recipe(horovodrun, 2, CIFAR10, tmp_path / "part", "--data-dir", data, *CIFAR,
                          "--checkpoint-steps", "3", "--max-steps", "7")
     steps = sorted(load_checkpoint(p)["step"] for p in (part / "ckpt").glob("ckpt-*.pt"))
-    assert steps == [5, 6, 7]  # every 3 steps, at the epoch end (5) and at the stop; keep 3
+    # every 3 steps, at the epoch end (5) and at the stop; keep 3 vouched for and the newest
+    assert steps == [3, 5, 6, 7]
     next(p for p in (part / "ckpt").glob("ckpt-*.pt") if load_checkpoint(p)["step"] == 7).unlink()
     _, proc = run_recipe(horovodrun, 2, CIFAR10, tmp_path / "part", "--data-dir", data, *CIFAR)
     assert "(1 epoch(s) and 1 step(s) done, step 6)" in proc.stdout

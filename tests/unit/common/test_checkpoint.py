@@ -42,39 +42,53 @@ def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path):
     assert os.listdir(tmp_path) == ["x.bin"]  # no temp file left behind
 
 
-def test_keep_last_k(tmp_path):
+def test_keep_last_k_vouched_for_and_the_newest(tmp_path):
+    """Each save's check vouched for every older checkpoint, not for the one it writes: keep-2
+    keeps the two newest older ones and the new one."""
     store = CheckpointStore(str(tmp_path), keep=2)
     for epoch in range(1, 6):
         store.save(epoch, epoch * 10, write_obj({"epoch": epoch}))
     refs = store.list()
-    assert [(r.epoch, r.step) for r in refs] == [(4, 40), (5, 50)]
+    assert [(r.epoch, r.step) for r in refs] == [(3, 30), (4, 40), (5, 50)]
     (tmp_path / "notes.txt").write_text("not a checkpoint")  # foreign files are never touched
     store.save(6, 60, write_obj({"epoch": 6}))
     assert (tmp_path / "notes.txt").exists()
-    assert [r.epoch for r in store.list()] == [5, 6]
+    assert [r.epoch for r in store.list()] == [4, 5, 6]
+
+
+def test_checkpoints_are_ordered_by_epoch_then_step(tmp_path):
+    """A world change renumbers steps: epoch 4 on 3 workers ends at step 236, epoch 3 on 2
+    ended at 267. The newer one is the one resumed from and kept (before: step order)."""
+    store = CheckpointStore(str(tmp_path), keep=1)
+    store.save(2, 178, write_obj("epoch 2"))
+    store.save(3, 267, write_obj("epoch 3"))
+    store.save(4, 236, write_obj("epoch 4"))
+    assert [(r.epoch, r.step) for r in store.list()] == [(3, 267), (4, 236)]
+    assert store.newest_valid(load_obj)[1] == "epoch 4"
 
 
 def test_a_folder_too_small_for_keep_k_is_said_at_the_first_save_with_the_fix(tmp_path,
                                                                              monkeypatch):
-    """Room for 2.5 checkpoints of 1 MB (the fault battery's case: every rerun failed at the
-    same later save, with no hint): keep-3 needs 4 (3 kept, the next while it is written)."""
+    """Room for 3.5 checkpoints of 1 MB (the fault battery's case: every rerun failed at the
+    same later save, with no hint): keep-3 needs 5 (3 kept, the newest until the next save
+    vouches for it, the next while it is written)."""
     import shutil
     from collections import namedtuple
 
     usage = namedtuple("usage", "total used free")
-    free = {"now": 1_500_000}
+    free = {"now": 2_500_000}
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(0, 0, free["now"]))
     store = CheckpointStore(str(tmp_path), keep=3)
     path = store.save(1, 10, lambda f: f.write(b"x" * 1_000_000))
-    warning = store.room(path)  # 1.5 MB free + 1 MB of its own: room for 2.5
-    assert warning == (f"warning: --keep-checkpoints 3 needs room for 4 checkpoints of 1.0 MB here "
-                       f"(the kept ones and the next while it is written): 4.0 MB, but {tmp_path} "
-                       "has 2.5 MB for them (1.5 MB free); a later save will fail with a full "
-                       "disk. Free space there, use another --checkpoint-dir, or lower "
-                       "--keep-checkpoints to 1")
-    free["now"] = 3_000_000  # 4 MB with its own: enough
+    warning = store.room(path)  # 2.5 MB free + 1 MB of its own: room for 3.5
+    assert warning == (f"warning: --keep-checkpoints 3 needs room for 5 checkpoints of 1.0 MB here "
+                       f"(the kept ones, the newest until the next save vouches for it, and the "
+                       f"next while it is written): 5.0 MB, but {tmp_path} has 3.5 MB for them "
+                       "(2.5 MB free); a later save will fail with a full disk. Free space there, "
+                       "use another --checkpoint-dir, or lower --keep-checkpoints to 1")
+    free["now"] = 4_000_000  # 5 MB with its own: enough
     assert store.room(path) is None
-    free["now"] = 500_000  # 1.5 MB: not even one more
+    free["now"] = 1_500_000  # 2.5 MB: not even one kept beside the other two
     assert store.room(path).endswith("or no smaller --keep-checkpoints fits")
 
 

@@ -199,7 +199,7 @@ def test_divergence_stops_before_any_checkpoint_and_keeps_the_good_ones(tmp_path
     cfg = config(tmp_path, epochs=2, checkpoint_steps=2)
     fit(NumpyBackend(cfg), cfg, "test/linear")
     good = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").glob("ckpt-*")}
-    assert len(good) == 3
+    assert len(good) == 4  # keep-3 vouched for, and the newest
     wild = config(tmp_path, epochs=4, checkpoint_steps=2, base_lr=1e200)
     with pytest.raises(UserError, match=r"training diverged: the loss is not finite \(NaN or inf\) "
                                         r"between step 11 and step 12 .* or use --on-divergence "
@@ -208,6 +208,24 @@ def test_divergence_stops_before_any_checkpoint_and_keeps_the_good_ones(tmp_path
     assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").glob("ckpt-*")} == good
     assert "resuming with settings that differ from the saved run's: base_lr 0.05 -> 1e+200" \
         in capsys.readouterr().out
+
+
+def test_checkpoints_nothing_vouched_for_yet_never_push_out_good_ones(tmp_path):
+    """The fault battery's case: a run resumed at a bad LR saves steps that pass the check
+    before they diverge. Each counts toward keep-K only once a later check passed, so the
+    good run's three newest checkpoints all survive (before: its saves pushed them out and the
+    divergence left two)."""
+    cfg = config(tmp_path, epochs=2, checkpoint_steps=1, keep_checkpoints=3)
+    fit(NumpyBackend(cfg), cfg, "test/linear")
+    saved = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").glob("ckpt-*")}
+    good = {n: b for n, b in saved.items() if n != "ckpt-e00001-s000000007.pkl"}
+    assert sorted(saved) == ["ckpt-e00001-s000000007.pkl", *sorted(good)]  # 3 and the newest
+    wild = config(tmp_path, epochs=4, checkpoint_steps=1, keep_checkpoints=3, base_lr=3.0)
+    with pytest.raises(UserError, match=r"ckpt-e00002-s000000011\.pkl set aside as \*\.diverged"):
+        fit(NumpyBackend(wild), wild, "test/linear")
+    left = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").glob("ckpt-*")
+            if not p.name.endswith(".diverged")}
+    assert left == good  # steps 8, 9 and 10, untouched
 
 
 def test_a_loss_that_explodes_but_stays_finite_is_divergence_too(tmp_path):
