@@ -6,7 +6,9 @@ checkpoint) would kill it with the signal's own status, before the training loop
 signals (``common.faults.preemption.SignalWatch``). So under a launcher (a rank's environment),
 the first import of ``common`` holds such a signal instead: :func:`take_held` hands it to the
 loop, which stops every rank at its first agreement, with a checkpoint, exit status 75. A second
-signal while one is held ends the process as the signal would have.
+signal while one is held ends the process as the signal would have, and so does a held signal
+that no loop has taken after :data:`HOLD_LIMIT_S` (a script without the training loop: a
+benchmark, a helper).
 
 From the same moment the process registers itself with a wrapping ``hvd-launch``
 (``common.base.launch_dir``), which sends its stop signals only to registered workers.
@@ -24,6 +26,9 @@ from common.base.launch_dir import register_worker
 HELD_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # A rank's environment under horovodrun (Gloo), mpirun and srun.
 RANK_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
+# How long a held signal waits for a training loop to take it before it ends the process.
+HOLD_LIMIT_S = 60.0
 
 _held: signal.Signals | None = None
 _taken = False
@@ -46,6 +51,15 @@ def _hold(signum, frame) -> None:
     if _held is not None:  # a second signal: what it would have done without us
         die_of(signal.Signals(signum))
     _held = signal.Signals(signum)
+    # A script whose loop never takes it (a benchmark, a helper) still ends of it, a little later.
+    timer = threading.Timer(HOLD_LIMIT_S, _unclaimed, args=(_held,))
+    timer.daemon = True
+    timer.start()
+
+
+def _unclaimed(sig: signal.Signals) -> None:
+    if not _taken:  # the signal again: the handler, now in the main thread, ends the process
+        os.kill(os.getpid(), sig)
 
 
 def take_held() -> signal.Signals | None:

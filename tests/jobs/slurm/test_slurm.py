@@ -103,7 +103,9 @@ def test_the_time_limit_warning_stops_at_a_checkpoint_and_the_requeued_job_ends_
     assert f"horovod.sbatch: stopped at a checkpoint; requeueing job {job.job_id}" in log
     steps = resumed_at_each_stop(log, fault_record)
     assert int(end["Restarts"]) == len(steps)  # a requeue for each stop, none other
-    assert 0 < steps[0] and steps == sorted(steps) and steps[-1] < uninterrupted["step"]
+    # A stop may come after the last step (a slow machine: CI-32's third run stopped at step
+    # 356 of 356); the requeued run then has nothing left to train and ends.
+    assert 0 < steps[0] and steps == sorted(steps) and steps[-1] <= uninterrupted["step"]
     job.ends_as(uninterrupted)
 
 
