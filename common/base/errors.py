@@ -78,9 +78,13 @@ def wait_for_the_other_ranks(timeout_s: float = USER_ERROR_WAIT_S) -> None:
         time.sleep(0.01)
 
 
+# A rank's environment under horovodrun (Gloo), mpirun and srun.
+RANK_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
+
 def env_rank() -> str:
     """This process's rank as its launcher set it (before or without Horovod)."""
-    for var in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+    for var in RANK_VARIABLES:
         if var in os.environ:
             return os.environ[var]
     return "0"

@@ -20,12 +20,11 @@ import os
 import signal
 import threading
 
+from common.base.errors import RANK_VARIABLES
 from common.base.launch_dir import register_worker
 
-# The default --stop-signals (common.config.core): what a worker holds while it starts.
+# What a worker holds while it starts: the default --stop-signals (common.config.core takes them).
 HELD_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-# A rank's environment under horovodrun (Gloo), mpirun and srun.
-RANK_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 
 # How long a held signal waits for a training loop to take it before it ends the process.
 HOLD_LIMIT_S = 60.0

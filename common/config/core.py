@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from common.base.files import atomic_write
+from common.base.signals import HELD_SIGNALS
 from common.config.flags import (
     ConfigError,
     FlagConfig,
@@ -129,7 +130,8 @@ class RunConfig(FlagConfig):
         0.5, "the LR is multiplied by this at each rollback (kept in checkpoints)",
         section=TRAINING, type=float)
     stop_signals: tuple[str, ...] = flag(
-        ("TERM", "INT", "USR1"), "signals that stop training cleanly: every rank stops at the "
+        tuple(sig.name.removeprefix("SIG") for sig in HELD_SIGNALS),
+        "signals that stop training cleanly: every rank stops at the "
         "next step, a checkpoint of that step is written, exit status 75 (none: off)",
         section=TRAINING, check=_signals, nargs="*", metavar="SIG")
     stall_timeout: float = flag(

@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common.base.errors import RANK_VARIABLES
+
 ROOT = Path(__file__).resolve().parents[3]
-RANK_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 
 # A worker's start, then two SIGTERMs: the first is held, the second ends it as SIGTERM would.
 PROGRAM = """
