@@ -3,7 +3,11 @@
 :class:`CheckpointManager` runs the protocol, a collective on every rank: rank 0 reads the
 newest valid checkpoint (``common.checkpoint.store``), all ranks agree on errors, then receive
 its state by broadcast; on save every rank's RNG state and partial-epoch metric sums are
-gathered and rank 0 writes. When to save is the ``SavePolicy``'s (``common.checkpoint.policy``).
+gathered and rank 0 writes: with ``--checkpoint-mode async`` (the default) a copy of the state
+taken at the step, written by a background thread while training goes on
+(``common.checkpoint.writer``); the next save, a rollback, a stop and the end of the run wait for
+it, and a write that failed is agreed by every rank at the loop's next agreement (:meth:`flush`).
+When to save is the ``SavePolicy``'s (``common.checkpoint.policy``).
 The contents are the same for every framework; the backend only turns its model and optimizer
 state into a file and back (``Backend.write_checkpoint`` / ``read_checkpoint``).
 """
@@ -20,6 +24,7 @@ from common.base.errors import agree, say
 from common.base.files import CheckpointError
 from common.checkpoint.policy import SavePolicy
 from common.checkpoint.store import DIVERGED_SUFFIX, CheckpointStore
+from common.checkpoint.writer import BackgroundWriter
 from common.monitor.metrics import MetricSums
 
 if TYPE_CHECKING:
@@ -70,6 +75,9 @@ class CheckpointManager:
                                       suffix=backend.checkpoint_suffix)
                       if c.checkpoint_dir else None)
         self._room_checked = False  # whether the folder's room for keep-K was checked (rank 0)
+        # --checkpoint-mode async: rank 0 writes in the background while training goes on.
+        self.asynchronous = c.checkpoint_mode == "async"
+        self.writer = BackgroundWriter()
 
     def _load(self, path: str) -> dict:
         record = self.backend.read_checkpoint(path)
@@ -87,7 +95,7 @@ class CheckpointManager:
     # Settings that may differ between a run and its resumption without changing what is trained.
     _NOT_SETTINGS = {"checkpoint_dir", "metrics_file", "log_dir", "progress", "progress_every",
                      "run_dir", "stall_timeout", "stop_signals", "compile", "epochs",
-                     "max_steps", "data_workers", "threads_per_worker", "keep_checkpoints",
+                     "max_steps", "data_workers", "threads_per_worker", "keep_checkpoints", "checkpoint_mode",
                      "checkpoint_epochs", "checkpoint_steps", "tracker", "tracking_uri",
                      "experiment"}
 
@@ -116,7 +124,10 @@ class CheckpointManager:
         rt = self.backend.runtime()
         found, error, notices, moved = None, "", [], []
         if rt.is_root and self.store is not None:
+            error = self.writer.wait()  # a rollback reads what the last save wrote
             try:
+                if error:
+                    raise CheckpointError(error)
                 notices += self.store.lock()
                 found = self.store.newest_valid(self._load, max_step)
                 if max_step is not None and not found:
@@ -173,6 +184,7 @@ class CheckpointManager:
         returns their names and the newest checkpoint left, on every rank."""
         result: tuple[list[str], str | None] = ([], None)
         if self.backend.runtime().is_root and self.store is not None:
+            self.writer.wait()  # the write in flight first (its error is not the news here)
             try:
                 moved = self.store.set_aside(step, DIVERGED_SUFFIX)
                 left = self.store.list()
@@ -189,7 +201,8 @@ class CheckpointManager:
         progress, so that a run resumed mid-epoch reports the epoch as an uninterrupted one.
         ``check(global sums or None, weights finite on every rank)`` runs on every rank before
         anything is written (the divergence guard: it raises on every rank alike, since every
-        rank gathers the same values)."""
+        rank gathers the same values). Async: the path it will have once written; the write
+        before this one is waited for, and its error agreed, here."""
         if self.store is None and check is None:
             return None
         epoch, step = position["epoch"], position["step"]
@@ -207,21 +220,46 @@ class CheckpointManager:
         path, error = None, ""
         state = self.backend.state_to_save()
         if rt.is_root:
+            # The write before this one (async) ends first: its error is agreed here.
+            error = self.writer.wait()
+            if self.asynchronous:  # the state as it is now, for the thread to write
+                state = self.backend.host_copy(state)
             record = {"recipe": self.recipe, "signature": self.backend.signature(),
                       "epoch": epoch, "step": step, "rng": rngs, "world_size": rt.size,
                       "steps_per_epoch": self.steps_per_epoch,
                       "epoch_sums": None if sums is None else all_sums,
                       "config": self.config, "lr_factor": position["lr_factor"],
                       "state": state}
-            try:
-                path = self.store.save(epoch, step,
-                                       lambda f: self.backend.write_checkpoint(f, record))
-            except CheckpointError as e:
-                error = str(e)
-            if path and not self._room_checked:  # the first save tells the size
-                self._room_checked = True
-                warning = self.store.room(path)
-                if warning:
-                    say(warning)
+            if not error and self.asynchronous:
+                path = self.store.path_for(epoch, step)
+                self.writer.submit(lambda: self._write(record))
+            elif not error:
+                try:
+                    path = self._write(record)
+                except CheckpointError as e:
+                    error = str(e)
         agree(not error, error, self.backend.broadcast_object)
         return self.backend.broadcast_object(path, name="ckpt_path")
+
+    def _write(self, record: dict) -> str:
+        """Rank 0: write ``record`` through the store (keep-K included); the first save also
+        checks the folder's room for keep-K. Returns the path; CheckpointError if it failed."""
+        path = self.store.save(record["epoch"], record["step"],
+                               lambda f: self.backend.write_checkpoint(f, record))
+        if not self._room_checked:  # the first save tells the size
+            self._room_checked = True
+            warning = self.store.room(path)
+            if warning:
+                say(warning)
+        return path
+
+    def write_failed(self) -> bool:
+        """Rank 0: whether a background write has failed (no waiting): the loop's next
+        agreement then has every rank call :meth:`flush`, which says why."""
+        return self.writer.failed()
+
+    def flush(self) -> None:
+        """Wait for rank 0's write in flight (a collective): every rank raises AgreedError if it
+        failed. Before whatever needs the file: a stop, the end of the run."""
+        error = self.writer.wait() if self.backend.runtime().is_root else ""
+        agree(not error, error, self.backend.broadcast_object)

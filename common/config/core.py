@@ -39,6 +39,7 @@ LR_SCALING_RULES = ("linear", "sqrt", "none")
 LR_DECAYS = ("none", "step", "cosine")
 ON_DIVERGENCE = ("stop", "rollback")
 TRACKERS = ("none", "mlflow")
+CHECKPOINT_MODES = ("async", "sync")
 
 # The sections of ``--help``, in this order.
 TRAINING = "training"
@@ -268,6 +269,10 @@ class CheckpointConfig(FlagConfig):
     checkpoint_steps: int = flag(
         0, "also checkpoint every N optimizer steps, mid-epoch too (0: off)", section=OUTPUT,
         type=int)
+    checkpoint_mode: str = flag(
+        "async", "async: rank 0 writes a copy of the state in the background while training "
+        "goes on; sync: every rank waits for the write", section=OUTPUT,
+        choices=CHECKPOINT_MODES)
 
     def check(self) -> None:
         if self.checkpoint_epochs < 0 or self.checkpoint_steps < 0:

@@ -58,6 +58,7 @@ class SignalWatch:
     def __init__(self, names: tuple[str, ...] | list[str]) -> None:
         self.signals = [signal_number(n) for n in names]
         self.received: signal.Signals | None = None
+        self.failure = False  # whether the last agreement found a failure beside the loop
         self._previous: dict = {}
         self.reset()
 
@@ -104,13 +105,17 @@ class SignalWatch:
         self.received = signal.Signals(signum)
 
     def agreed(self, allreduce_sum: Callable[[np.ndarray], np.ndarray], rank: int,
-               step: int = 0) -> str | None:
+               step: int = 0, failed: bool = False) -> str | None:
         """A collective after ``step``: None, or what stopped the job (``SIGTERM on rank 1``), on
-        every rank. Rank 0 also sets when the next agreement is due, from its step time."""
+        every rank. Rank 0 also sets when the next agreement is due, from its step time.
+        ``failed``: this rank saw a failure beside the loop (rank 0's checkpoint writer), agreed
+        in the same allreduce: :attr:`failure` is then True on every rank, and the caller has
+        every rank learn what it was."""
         now = time.monotonic()
-        mine = np.zeros(3)
+        mine = np.zeros(4)
         if self.received is not None:  # how many ranks got a signal; which one, and where
             mine[:2] = 1.0, float(self.received) * 4096 + rank
+        mine[3] = float(failed)
         if rank == 0:
             every = 1
             if self._last is not None and step > self._last[0]:
@@ -118,8 +123,9 @@ class SignalWatch:
                 every = int(min(max(AGREE_EVERY_S / max(per_step, 1e-6), 1),
                                 MAX_STEPS_BETWEEN_AGREEMENTS))
             mine[2] = every
-        count, code, every = allreduce_sum(mine)
+        count, code, every, failures = allreduce_sum(mine)
         self._next_step, self._last = step + int(every), (step, now)
+        self.failure = failures > 0
         if count == 0:
             return None
         if count > 1:  # the codes summed: say how many

@@ -13,6 +13,7 @@ progress bar refreshes (at most twice a second).
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 import os
 from collections.abc import Callable, Iterable
@@ -138,6 +139,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def snapshot(self) -> dict:
         """A copy of :meth:`state` that later training does not change (elastic commits)."""
+
+    def host_copy(self, state: dict) -> dict:
+        """A copy of ``state`` (:meth:`state_to_save`'s) in host memory that later training
+        does not change: what an asynchronous checkpoint writes while training goes on."""
+        return copy.deepcopy(state)
 
     @abc.abstractmethod
     def load_state(self, state: dict, source: str) -> None:

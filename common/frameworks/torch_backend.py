@@ -283,6 +283,18 @@ class TorchBackend(Backend):
     def snapshot(self) -> dict:
         return copy.deepcopy(self.state())
 
+    def host_copy(self, state: dict) -> dict:
+        """Every tensor copied to host memory (a GPU's too), the rest deep-copied."""
+        def copied(v):
+            if isinstance(v, torch.Tensor):
+                return v.detach().to("cpu", copy=True)
+            if isinstance(v, dict):
+                return {k: copied(x) for k, x in v.items()}
+            if isinstance(v, list | tuple):
+                return type(v)(copied(x) for x in v)
+            return copy.deepcopy(v)
+        return copied(state)
+
     def load_state(self, state: dict, source: str) -> None:
         self.model.load_state_dict(state["model"])
         try:

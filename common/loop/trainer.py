@@ -102,6 +102,7 @@ class Trainer:
         self.wall_clock = Throughput()
         self.progress_clock = Throughput()  # since the last progress line
         self.epochs_run = 0  # epochs this process trained (the first includes start-up)
+        self.save_pauses: list[float] = []  # seconds each checkpoint held this rank's loop
         self.timeline: str | None = None  # Horovod's timeline file (--timeline-out), once started
         self.tracker: MlflowTracker | None = None  # rank 0's (--tracker), made by enter_world
         self.enter_world()
@@ -332,8 +333,11 @@ class Trainer:
     def save(self, epoch_sums: MetricSums | None) -> str | None:
         """Checkpoint the loop's position (a collective; the divergence guard checks first);
         ``epoch_sums``: this rank's sums of an unfinished epoch. Returns the path written."""
+        started = time.perf_counter()
         saved = self.checkpoint_manager.save(self.state.state_dict(), epoch_sums,
                                              check=self.check_divergence)
+        if saved:  # what the save stopped training for (async: the copy and the agreement)
+            self.save_pauses.append(time.perf_counter() - started)
         self.state.checkpoint = saved or self.state.checkpoint
         return saved
 
@@ -343,10 +347,14 @@ class Trainer:
         step (``partial()``: this rank's sums of the epoch so far) and raises Preempted."""
         if not self.signals.due(self.state.step):
             return
-        why = self.signals.agreed(self.backend.allreduce_sum, self.rt.rank, self.state.step)
+        why = self.signals.agreed(self.backend.allreduce_sum, self.rt.rank, self.state.step,
+                                  failed=self.checkpoint_manager.write_failed())
+        if self.signals.failure:  # rank 0's background write failed: every rank stops, says why
+            self.checkpoint_manager.flush()
         if why is None:
             return
         saved = self.save(partial())
+        self.checkpoint_manager.flush()  # the file is written before anyone is told it is
         where = (f"checkpoint: {saved}; run the same command to resume" if saved
                  else "no --checkpoint-dir, nothing saved")
         s = self.state
@@ -427,6 +435,9 @@ class Trainer:
 
     def final(self) -> dict[str, Any]:
         """The final record; a run that had nothing left to train reports the restored model."""
+        waited = time.perf_counter()
+        self.checkpoint_manager.flush()  # the last checkpoint is on disk before the run says so
+        waited = time.perf_counter() - waited
         if not self.trained and self.done:
             self.val_sums = self.backend.evaluate().global_sums(self.backend.allreduce_sum)
             run = self.cfg.run
@@ -437,6 +448,11 @@ class Trainer:
                            "to do (to train afresh, give another --run-dir, or raise --epochs "
                            "to train on)")
         stats = {**self.backend.run_stats(), "restarts": restart()[0]}
+        if self.save_pauses:  # what saving cost the loop, on this rank (rank 0 reports)
+            stats.update(checkpoints=len(self.save_pauses),
+                         checkpoint_pause_s=round(sum(self.save_pauses), 4),
+                         checkpoint_pause_max_s=round(max(self.save_pauses), 4),
+                         checkpoint_final_wait_s=round(waited, 4))
         found = profiling.finish(getattr(self.backend, "hvd", None), self.cfg.profiling, self.rt.is_root,
                                  self.timeline, self.cfg.output.metrics_file)
         if "timeline" in found:

@@ -1,9 +1,11 @@
 """Faults around the checkpoint folder of a real job: a second job on it, a full disk, a silently
-corrupted newest file."""
+corrupted newest file, rank 0 killed while its background write is in flight."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import signal
 import subprocess
 import time
 
@@ -14,12 +16,17 @@ from tests.support import (
     FAULT_FLAGS,
     HANG_GUARD_S,
     MNIST,
+    RECIPES,
+    Faulty,
     checkpoint_steps,
+    final_record,
     horovodrun,
     job_env,
     load_checkpoint,
+    max_abs_diff,
     rerun_matches,
     worker_errors,
+    write_image_folders,
 )
 
 
@@ -101,3 +108,44 @@ def test_a_silently_corrupted_newest_checkpoint_is_skipped_and_the_run_resumes_e
     assert "(1 epoch(s) and 1 step(s) done, step 90)" in proc.stdout
     assert (run / "ckpt" / "ckpt-e00001-s000000100.pt.corrupt").exists()
     fault_record.append({"hung": False, "lost": 0})
+
+
+def test_rank_0_killed_during_a_background_write_loses_nothing_and_resumes_exactly(
+        tmp_path, fault_record):
+    """--checkpoint-mode async (the default): training goes on while rank 0's thread writes.
+    A ResNet-18 (90 MB of checkpoint) keeps a write in flight long enough to kill rank 0 in
+    it: every checkpoint written before is untouched, the rerun resumes from the newest and
+    ends with the uninterrupted run's exact weights."""
+    write_image_folders(tmp_path / "data", classes=2, train_per_class=12, val_per_class=2)
+    flags = [RECIPES / "pytorch" / "imagenet_resnet50.py", "--train-dir", tmp_path / "data/train",
+             "--val-dir", tmp_path / "data/val", "--model", "resnet18", "--image-size", "32",
+             "--batch-size", "2", "--epochs", "1", "--checkpoint-steps", "2",
+             "--data-workers", "0", "--no-progress"]  # 6 steps, a checkpoint every 2
+    ref = tmp_path / "reference"
+    horovodrun(2, [*flags, "--checkpoint-dir", ref / "ckpt", "--metrics-file", ref / "m.jsonl"],
+               cwd=tmp_path)
+    reference = load_checkpoint(final_record(ref / "m.jsonl")["checkpoint"])
+    run = tmp_path / "run"
+    job = Faulty("gloo", flags[0], flags[1:], run, tmp_path)
+    ckpt, deadline = run / "ckpt", time.monotonic() + HANG_GUARD_S
+    while True:  # a checkpoint written, and the next one's temporary file there: mid-write
+        assert job.job.poll() is None, job.job.communicate()
+        assert time.monotonic() < deadline, "no write in flight after a finished one"
+        names = os.listdir(ckpt) if ckpt.is_dir() else []
+        if any(n.startswith("ckpt-") for n in names) and any(n.startswith(".tmp-") for n in names):
+            break
+        time.sleep(0.002)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ckpt.glob("ckpt-*")}
+    job.inject(job.rank_pid(0), signal.SIGKILL, fault_record)  # bounded; nothing lost
+    assert list(ckpt.glob(".tmp-*"))  # the write was cut off
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ckpt.glob("ckpt-*")}
+    assert after == before  # every checkpoint written before the kill, as it was
+    proc = horovodrun(2, [*flags, "--checkpoint-dir", ckpt, "--metrics-file", run / "m.jsonl"],
+                      cwd=tmp_path)
+    newest = max(before)
+    assert f"resumed from {ckpt / newest}" in proc.stdout, proc.stdout[-2000:]
+    assert "removed 1 temporary file(s) left by an interrupted write" in proc.stdout
+    final = load_checkpoint(final_record(run / "m.jsonl")["checkpoint"])
+    assert final["step"] == reference["step"] == 6
+    assert max_abs_diff(final["model"], reference["model"]) == 0.0  # bit-identical
+    assert not list(ckpt.glob(".tmp-*"))

@@ -127,11 +127,11 @@ def test_a_stopped_rank_ends_a_tensorflow_job_too(tmp_path, fault_record, recipe
 
 
 def signal_rank1(script: Path, flags: list, run: Path, cwd: Path, sig, record: list,
-                 alone) -> int:
+                 alone, mode: str = "async") -> int:
     """Send ``sig`` to rank 1 of a Gloo job after its first epoch: every rank must stop after
     one step with exit 75 and a checkpoint of that step; returns the step."""
     with alone():  # signal timing: the job alone; the rerun after it beside other tests
-        job = Faulty("gloo", script, flags, run, cwd)
+        job = Faulty("gloo", script, [*flags, "--checkpoint-mode", mode], run, cwd)
         job.wait_for_first_epoch()
         job.inject(job.rank_pid(1), sig, record)
     # Both ranks agreed and exit 75: the job's status (under Gloo too), without the launcher's
@@ -147,13 +147,14 @@ def signal_rank1(script: Path, flags: list, run: Path, cwd: Path, sig, record: l
     return step
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1],
-                         ids=["TERM", "INT", "USR1"])
-def test_a_signal_on_one_worker_stops_all_at_one_step_and_resumes_exactly(tmp_path, sig,
+@pytest.mark.parametrize(("sig", "mode"), [(signal.SIGTERM, "async"), (signal.SIGINT, "async"),
+                                           (signal.SIGUSR1, "sync")],
+                         ids=["TERM", "INT", "USR1-sync-checkpoints"])
+def test_a_signal_on_one_worker_stops_all_at_one_step_and_resumes_exactly(tmp_path, sig, mode,
                                                                          uninterrupted,
                                                                          fault_record, alone):
     run = tmp_path / "run"
-    signal_rank1(MNIST, FAULT_FLAGS, run, tmp_path, sig, fault_record, alone)
+    signal_rank1(MNIST, FAULT_FLAGS, run, tmp_path, sig, fault_record, alone, mode)
     rerun_matches(run, uninterrupted, tmp_path, FAULT_FLAGS)  # the same command resumes
 
 

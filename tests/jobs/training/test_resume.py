@@ -33,7 +33,10 @@ def two_epochs(tmp_path_factory) -> Path:
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, two_epochs):
-    full, _ = run_recipe(horovodrun, 2, MNIST, tmp_path / "full", *RESUME, "--epochs", "4")
+    # The uninterrupted run writes its checkpoints synchronously, the others in the background
+    # (the default): both modes save and resume the same training.
+    full, _ = run_recipe(horovodrun, 2, MNIST, tmp_path / "full", *RESUME, "--epochs", "4",
+                         "--checkpoint-mode", "sync")
     part = copy_run(two_epochs, tmp_path / "part")  # stopped after 2 epochs
     assert load_checkpoint(final_record(part / "metrics.jsonl")["checkpoint"])["epoch"] == 2
     _, proc = run_recipe(horovodrun, 2, MNIST, tmp_path / "part", *RESUME, "--epochs", "4")
@@ -54,7 +57,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, two_epochs):
 def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path, two_epochs):
     full = two_epochs
     part, _ = run_recipe(horovodrun, 2, MNIST, tmp_path / "part", *RESUME, "--epochs", "2",
-                         "--max-steps", "30")
+                         "--max-steps", "30", "--checkpoint-mode", "sync")  # resumed in async
     assert load_checkpoint(final_record(part / "metrics.jsonl")["checkpoint"])["step"] == 30
     run_recipe(horovodrun, 2, MNIST, tmp_path / "part", *RESUME, "--epochs", "2")
     a = load_checkpoint(final_record(full / "metrics.jsonl")["checkpoint"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -119,10 +120,21 @@ class NumpyBackend(Backend):
         raise AssertionError("no TensorBoard in these tests")
 
 
+# The checkpoint mode of every config() (the default's, unless a test takes ``both_modes``).
+MODE = {"checkpoint_mode": "async"}
+
+
+@pytest.fixture(params=["async", "sync"])
+def both_modes(request, monkeypatch):
+    """The test once with background checkpoint writes (the default) and once without."""
+    monkeypatch.setitem(MODE, "checkpoint_mode", request.param)
+    return request.param
+
+
 def config(tmp_path, **flags):
     base = dict(epochs=4, batch_size=8, base_lr=0.05, momentum=0.9, warmup_epochs=1,
                 checkpoint_dir=str(tmp_path / "ckpt"), metrics_file=str(tmp_path / "m.jsonl"),
-                progress=False)
+                progress=False, **MODE)
     return TrainConfig.from_flags(**{**base, **flags})
 
 
@@ -131,7 +143,7 @@ def epoch_records(tmp_path):
     return [r for r in map(json.loads, lines) if r["type"] == "epoch"]
 
 
-def test_loop_resumes_mid_epoch_exactly(tmp_path):
+def test_loop_resumes_mid_epoch_exactly(tmp_path, both_modes):
     full = NumpyBackend(config(tmp_path / "a"))
     fit(full, config(tmp_path / "a"), "test/linear")
     part = NumpyBackend(config(tmp_path / "b", max_steps=7))
@@ -195,7 +207,7 @@ def test_renamed_recipe_resumes_its_older_checkpoints(tmp_path):
     assert (resume.epoch, resume.step) == (1, 5)
 
 
-def test_divergence_stops_before_any_checkpoint_and_keeps_the_good_ones(tmp_path, capsys):
+def test_divergence_stops_before_any_checkpoint_and_keeps_the_good_ones(tmp_path, capsys, both_modes):
     cfg = config(tmp_path, epochs=2, checkpoint_steps=2)
     fit(NumpyBackend(cfg), cfg, "test/linear")
     good = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").glob("ckpt-*")}
@@ -210,7 +222,7 @@ def test_divergence_stops_before_any_checkpoint_and_keeps_the_good_ones(tmp_path
         in capsys.readouterr().out
 
 
-def test_checkpoints_nothing_vouched_for_yet_never_push_out_good_ones(tmp_path):
+def test_checkpoints_nothing_vouched_for_yet_never_push_out_good_ones(tmp_path, both_modes):
     """The fault battery's case: a run resumed at a bad LR saves steps that pass the check
     before they diverge. Each counts toward keep-K only once a later check passed, so the
     good run's three newest checkpoints all survive (before: its saves pushed them out and the
@@ -239,7 +251,7 @@ def test_a_loss_that_explodes_but_stays_finite_is_divergence_too(tmp_path):
     fit(NumpyBackend(lenient), lenient, "test/linear")  # the rule is off: trains to the end
 
 
-def test_rollback_reloads_the_last_good_checkpoint_with_a_lower_lr(tmp_path, capsys):
+def test_rollback_reloads_the_last_good_checkpoint_with_a_lower_lr(tmp_path, capsys, both_modes):
     cfg = config(tmp_path, epochs=1, checkpoint_steps=2)
     before = fit(NumpyBackend(cfg), cfg, "test/linear")["val_loss"]
     wild = config(tmp_path, epochs=4, checkpoint_steps=2, base_lr=8.0, on_divergence="rollback",
@@ -458,3 +470,89 @@ def test_every_world_change_is_a_line_and_a_record(tmp_path, capsys):
               if r["type"] == "world"]
     assert worlds == [(2, 3, HOSTS_CHANGED), (3, 2, WORKER_FAILED)]
     assert "world changed: 2 worker(s) now (a worker failed)" in capsys.readouterr().out
+
+
+class InPlaceBackend(NumpyBackend):
+    """Updates its weights in place and hands out live arrays (as torch's ``state_dict()``
+    does), and its writes take a while: an async checkpoint that did not copy the state at the
+    step would hold a later step's weights."""
+
+    def __init__(self, cfg, fail_at_write: int = 0) -> None:
+        super().__init__(cfg)
+        self.writes, self.fail_at_write = 0, fail_at_write
+        self.steps_during_writes = 0
+        self._writing = False
+
+    def state(self):
+        return {"w": self.w, "v": self.v}
+
+    def train_step(self, batch):
+        err = self.x[batch] @ self.w - self.y[batch]
+        grad = self.x[batch].T @ err / len(batch)
+        self.v *= self.cfg.optimizer.momentum
+        self.v += grad
+        self.w -= self.lr * self.v
+        self.rng.random()
+        self.steps_during_writes += self._writing
+        return np.array([float(np.mean(err**2)) * len(batch), len(batch), 0.0])
+
+    def write_checkpoint(self, f, record):
+        self.writes += 1
+        if self.writes == self.fail_at_write:
+            raise OSError(28, "No space left on device")
+        self._writing = True
+        time.sleep(0.02)
+        super().write_checkpoint(f, record)
+        self._writing = False
+
+
+def test_an_async_checkpoint_holds_its_step_while_training_goes_on(tmp_path):
+    files = {}
+    for mode in ("async", "sync"):
+        cfg = config(tmp_path / mode, epochs=2, checkpoint_steps=1, keep_checkpoints=20,
+                     checkpoint_mode=mode)
+        backend = InPlaceBackend(cfg)
+        final = fit(backend, cfg, "test/linear")
+        files[mode] = {p.name: pickle.loads(p.read_bytes())
+                       for p in (tmp_path / mode / "ckpt").glob("ckpt-*")}
+        if mode == "async":  # the loop trained on while the thread wrote
+            assert backend.steps_during_writes > 0
+            assert final["checkpoints"] == 10 and final["checkpoint_pause_s"] >= 0
+        else:
+            assert backend.steps_during_writes == 0
+    assert sorted(files["async"]) == sorted(files["sync"]) and len(files["sync"]) == 10
+    for name, record in files["sync"].items():  # the weights of the step each was taken at
+        np.testing.assert_array_equal(files["async"][name]["state"]["w"], record["state"]["w"])
+        np.testing.assert_array_equal(files["async"][name]["state"]["v"], record["state"]["v"])
+        assert files["async"][name]["rng"] == record["rng"]
+
+
+def test_a_failed_background_write_stops_the_run_with_one_line_and_keeps_the_rest(tmp_path):
+    cfg = config(tmp_path, epochs=3, checkpoint_steps=2, keep_checkpoints=10)
+    with pytest.raises(UserError, match=r"^cannot write checkpoint '\S+ckpt-e00001-s000000005"
+                                        r"\.pkl': No space left on device; the checkpoints "
+                                        r"already there are kept$"):
+        fit(InPlaceBackend(cfg, fail_at_write=3), cfg, "test/linear")
+    kept = sorted(p.name for p in (tmp_path / "ckpt").glob("ckpt-*"))
+    assert kept == ["ckpt-e00000-s000000002.pkl", "ckpt-e00000-s000000004.pkl"]
+    assert not list((tmp_path / "ckpt").glob(".tmp-*"))
+
+
+def test_the_background_writer_hands_its_error_back_once():
+    from common.checkpoint.writer import BackgroundWriter
+
+    writer, order = BackgroundWriter(), []
+    writer.submit(lambda: (time.sleep(0.05), order.append("first")))
+    writer.submit(lambda: order.append("second"))  # after the first has ended
+    assert writer.wait() == "" and order == ["first", "second"]
+
+    def full():
+        raise OSError(28, "No space left on device")
+
+    writer.submit(full)
+    deadline = time.monotonic() + 5
+    while not writer.failed():
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert writer.wait() == "[Errno 28] No space left on device"
+    assert writer.wait() == "" and not writer.failed()
