@@ -17,6 +17,11 @@ In one invocation, on this machine, with the environment as the user has it:
   checkpoints) on generated CIFAR-format data at np=1 and np=N: its scaling efficiency;
 * ``compile``: the PyTorch recipe with ``--compile`` (torch.compile) and the same run eager, its
   reference, in the same round: what compiling buys (the warm-up batches take the compilation).
+* ``saving``: the ImageNet recipe's ResNet-50 (a state of about 190 MB: weights and momentum) on
+  generated image folders, one epoch with no checkpoints, then ``--checkpoint-steps`` with
+  ``--checkpoint-mode sync`` and ``async``: the training throughput of each, and the pause per
+  checkpoint (the time a save held rank 0's loop, from the final record) as a share of one step
+  of the run without checkpoints in the same round.
 
 Every row runs ``--rounds`` times, interleaved (round 1 of every row, then round 2, ...) so a
 slow spell of the machine hits every row alike. The table reports each row's median, and each
@@ -31,6 +36,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -58,6 +64,9 @@ class Row:
     record: str  # the JSON record type holding the rate: "benchmark" or "epoch"
     rates: list[float] = field(default_factory=list)
     error: str = ""
+    records: list[dict] = field(default_factory=list)  # each round's record (its first command's)
+    checkpoint_dir: Path | None = None  # emptied after each run (a rerun would resume)
+    samples_per_step: int = 0  # all workers' (the saving rows: a step's time from the rate)
 
     @property
     def rate(self) -> float | None:
@@ -78,6 +87,46 @@ def mpirun_command(n: int) -> list[str]:
     if n > cpu_cores():
         cmd.append("--oversubscribe")
     return cmd
+
+
+SAVING_MODES = ("none", "sync", "async")
+
+
+def saving_rows(a: argparse.Namespace, image_dir: Path, work: Path) -> list[Row]:
+    """The ``saving`` group: one epoch of the ImageNet recipe without checkpoints, then with
+    one every ``--saving-every`` steps written synchronously and in the background."""
+    recipe = [str(BIN / "horovodrun"), "-np", str(a.np), str(BIN / "python"),
+              "recipes/pytorch/imagenet_resnet50.py", "--train-dir", str(image_dir / "train"),
+              "--val-dir", str(image_dir / "val"), "--model", a.saving_model, "--image-size",
+              str(a.saving_image_size), "--batch-size", str(a.saving_batch_size), "--epochs", "1",
+              "--data-workers", "0", "--threads-per-worker", str(a.threads), "--no-progress",
+              "--keep-checkpoints", "1"]
+    rows = []
+    for mode in SAVING_MODES:
+        folder = work / f"saving-{mode}"
+        flags = (["--checkpoint-dir", ""] if mode == "none" else
+                 ["--checkpoint-dir", str(folder), "--checkpoint-epochs", "0",
+                  "--checkpoint-steps", str(a.saving_every), "--checkpoint-mode", mode])
+        name = ("saving: no checkpoints" if mode == "none" else
+                f"saving: --checkpoint-steps {a.saving_every}, {mode}")
+        rows.append(Row(name, "saving", [[*recipe, *flags]], "final",
+                        checkpoint_dir=None if mode == "none" else folder,
+                        samples_per_step=a.np * a.saving_batch_size))
+    return rows
+
+
+def write_image_folders(root: Path, classes: int, n_train: int, n_val: int, size: int) -> None:
+    """ImageFolder ``train/`` and ``val/`` of random PNGs (the ``saving`` rows' data)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for i in range(n):
+            folder = root / split / f"class{i % classes}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+                folder / f"{i}.png")
 
 
 def build_rows(a: argparse.Namespace, data_dir: str) -> list[Row]:
@@ -153,22 +202,33 @@ def last_line(text: str) -> str:
 
 
 def run_row(row: Row, env: dict[str, str], timeout: float, work: Path) -> None:
-    """Run the row's commands side by side once; add the sum of their rates to ``row.rates``."""
+    """Run the row's commands side by side once; add the sum of their rates to ``row.rates``
+    and the first command's record (with its checkpoint's size) to ``row.records``."""
     files = [work / f"{abs(hash(row.name))}-{len(row.rates)}-{i}.jsonl" for i in range(len(row.commands))]
     try:
         finished = run_side_by_side(row.commands, files, env, timeout)
     except TimeoutError as e:
         row.error = str(e)
         return
-    total = 0.0
+    total, kept = 0.0, []
     for (code, text), path in zip(finished, files, strict=True):
-        records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        found = [r for r in records if r.get("type") == row.record]
+        found = [r for r in read_records(path) if r.get("type") == row.record]
         if code or not found:
             row.error = f"exit {code}: {last_line(text)}"
             return
         total += found[-1]["img_per_sec_total" if row.record == "benchmark" else "samples_per_sec"]
+        kept.append(dict(found[-1]))
+    record = kept[0]
+    if record.get("checkpoint") and os.path.exists(record["checkpoint"]):
+        record["checkpoint_mb"] = os.path.getsize(record["checkpoint"]) / 1e6
+    if row.checkpoint_dir is not None:  # the next round starts afresh
+        shutil.rmtree(row.checkpoint_dir, ignore_errors=True)
+    row.records.append(record)
     row.rates.append(total)
+
+
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def _ratio(rates: list[float], refs: list[float] | None, scale: float = 1.0) -> float | None:
@@ -200,8 +260,36 @@ def summarise(rows: list[Row], n: int) -> list[dict]:
             d["vs_eager"] = v
         if r.name == "CIFAR recipe, np=N" and (v := _ratio(r.rates, single, n)):
             d["scaling_efficiency"] = v
+        if r.group == "saving":
+            d.update(saving_figures(r, rows))
         out.append(d)
     return out
+
+
+def saving_figures(row: Row, rows: list[Row]) -> dict:
+    """A ``saving`` row against the run without checkpoints of the same round: throughput
+    ratio, pause per checkpoint (s and share of that run's step), and for async, how many
+    times shorter its pause is than sync's; each the median over rounds."""
+    none = next(r for r in rows if r.group == "saving" and r.checkpoint_dir is None)
+    sync = next((r for r in rows if r.name.endswith(", sync")), None)
+    d: dict = {}
+    if row is not none and (v := _ratio(row.rates, none.rates)):
+        d["vs_none"] = v
+    if not row.records or "checkpoints" not in row.records[0]:
+        return d
+    pauses = [rec["checkpoint_pause_s"] / rec["checkpoints"] for rec in row.records]
+    d["pause_s"] = statistics.median(pauses)
+    d["pause_max_s"] = statistics.median(rec["checkpoint_pause_max_s"] for rec in row.records)
+    d["final_wait_s"] = statistics.median(rec["checkpoint_final_wait_s"] for rec in row.records)
+    d["checkpoint_mb"] = row.records[0].get("checkpoint_mb")
+    if len(none.rates) == len(pauses):  # one step of the run without checkpoints, that round
+        d["pause_share_of_step"] = statistics.median(
+            p / (row.samples_per_step / rate) for p, rate in zip(pauses, none.rates, strict=True))
+    if sync is not None and row is not sync and sync.records and len(sync.records) == len(pauses):
+        d["pause_cut_vs_sync"] = statistics.median(
+            (s["checkpoint_pause_s"] / s["checkpoints"]) / p
+            for s, p in zip(sync.records, pauses, strict=True))
+    return d
 
 
 def _label(name: str, n: int) -> str:
@@ -225,13 +313,31 @@ def table(summary: list[dict], n: int) -> str:
     return "\n".join(lines)
 
 
+def saving_table(summary: list[dict]) -> str:
+    """The ``saving`` rows: throughput against no checkpoints, and the pause per checkpoint."""
+    def num(d: dict, key: str, fmt: str, unit: str = "") -> str:
+        return f"{format(d[key], fmt)}{unit}" if d.get(key) is not None else ""
+
+    lines = ["| checkpoints | samples/s (median) | vs none | pause per checkpoint | of a step | "
+             "pause cut vs sync | end's wait for the last write | checkpoint |",
+             "|---|---|---|---|---|---|---|---|"]
+    for d in (d for d in summary if d["group"] == "saving"):
+        rate = f"{d['rate']:.2f}" if d["rate"] else f"failed: {d['error']}"
+        lines.append(
+            f"| {d['name'].removeprefix('saving: ')} | {rate} | {num(d, 'vs_none', '.3f')} | "
+            f"{num(d, 'pause_s', '.3f', ' s')} | {num(d, 'pause_share_of_step', '.0%')} | "
+            f"{num(d, 'pause_cut_vs_sync', '.1f', 'x')} | {num(d, 'final_wait_s', '.2f', ' s')} | "
+            f"{num(d, 'checkpoint_mb', '.0f', ' MB')} |")
+    return "\n".join(lines)
+
+
 def chart(summary: list[dict], n: int, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [g for g in ("pytorch", "tensorflow", "cifar", "compile")
+    groups = [g for g in ("pytorch", "tensorflow", "cifar", "compile", "saving")
               if any(d["group"] == g for d in summary)]
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4.5), squeeze=False)
     for ax, g in zip(axes[0], groups, strict=True):
@@ -268,7 +374,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cifar-batch-size", type=int, default=64)
     p.add_argument("--cifar-steps", type=int, default=40, help="training steps per CIFAR run")
     p.add_argument("--rounds", type=int, default=2, help="runs of every row; the median is reported")
-    p.add_argument("--only", choices=("pytorch", "tensorflow", "cifar", "compile"), action="append",
+    p.add_argument("--saving-model", default="resnet50",
+                   help="torchvision model of the saving rows (resnet50: a 190 MB checkpoint)")
+    p.add_argument("--saving-image-size", type=int, default=64)
+    p.add_argument("--saving-batch-size", type=int, default=4)
+    p.add_argument("--saving-steps", type=int, default=24, help="steps of each saving run")
+    p.add_argument("--saving-every", type=int, default=4, help="--checkpoint-steps of the saving rows")
+    p.add_argument("--only", choices=("pytorch", "tensorflow", "cifar", "compile", "saving"),
+                   action="append",
                    help="run only these groups (repeatable; default: all)")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed for one run")
     p.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.png")
@@ -290,11 +403,15 @@ def main(argv: list[str] | None = None) -> int:
         # Enough generated samples for np=N workers x steps x batch, and 1,000 to validate.
         per_batch = -(-a.np * a.cifar_steps * a.cifar_batch_size // 5) + 1
         data_dir = str(work / "cifar")
-        rows = [r for r in build_rows(a, data_dir) if not a.only or r.group in a.only]
+        rows = [r for r in [*build_rows(a, data_dir), *saving_rows(a, work / "images", work)]
+                if not a.only or r.group in a.only]
         if any(r.group == "cifar" for r in rows):
             from common.data.datasets import write_cifar10
 
             write_cifar10(data_dir, per_batch, 1000)
+        if any(r.group == "saving" for r in rows):
+            write_image_folders(work / "images", 2, a.np * a.saving_batch_size * a.saving_steps,
+                                2 * a.np, a.saving_image_size)
         print(f"bench: {len(rows)} runs x {a.rounds} round(s), N={a.np}, {a.threads} thread(s) "
               f"per worker, {cpu_cores()} cores"
               + (f"; your settings: {user_tuning}" if user_tuning else ""), flush=True)
@@ -305,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 run_row(r, env, a.timeout, work)
                 got = f"{r.rates[-1]:.1f} samples/s" if len(r.rates) > k else f"FAILED ({r.error})"
+                if len(r.records) > k and r.records[-1].get("checkpoints"):
+                    rec = r.records[-1]
+                    got += (f", {rec['checkpoints']} checkpoints, "
+                            f"{rec['checkpoint_pause_s'] / rec['checkpoints']:.3f} s pause each")
                 print(f"  round {k + 1}: {r.name}: {got}", flush=True)
     summary = summarise(rows, a.np)
     title = (f"{a.model} / {a.tf_model}, {a.image_size}px, batch {a.batch_size}/worker, N={a.np}, "
@@ -313,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
     ranked = [d for d in summary if d["rate"] and d["group"] == "pytorch"
               and not d["name"].startswith("ceiling")]
     fastest = max(ranked, key=lambda d: d["rate"])["name"] if ranked else None
+    if any(d["group"] == "saving" for d in summary):
+        text += (f"\n\nSaving ({a.saving_model} at {a.saving_image_size} px, batch "
+                 f"{a.saving_batch_size}/worker, {a.saving_steps} steps):\n\n"
+                 + saving_table(summary))
     print(f"\n{title}\n\n{text}\n")
     if fastest:
         print(f"fastest PyTorch launch at N={a.np}: {fastest}")

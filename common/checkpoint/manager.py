@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.base.errors import agree, say
+from common.base.errors import AgreedError, agree, say
 from common.base.files import CheckpointError
 from common.checkpoint.policy import SavePolicy
 from common.checkpoint.store import DIVERGED_SUFFIX, CheckpointStore
@@ -207,21 +207,26 @@ class CheckpointManager:
             return None
         epoch, step = position["epoch"], position["step"]
         rt = self.backend.runtime()
-        rngs = self.backend.allgather_object(self.backend.rng_state(), name="rng_states")
+        # One collective tells every rank everything the save needs: each rank's RNG state and
+        # epoch counters, whether its weights are finite, and rank 0's news of its write before
+        # this one (async; waited for here). The fewer collectives, the shorter the pause.
         sums = None if epoch_sums is None else epoch_sums.to_array().tolist()
-        all_sums = self.backend.allgather_object(sums, name="epoch_sums")
+        mine = {"rng": self.backend.rng_state(), "sums": sums,
+                "finite": True if check is None else bool(self.backend.weights_finite()),
+                "error": self.writer.wait() if rt.is_root else ""}
+        gathered = self.backend.allgather_object(mine, name="save_state")
+        if gathered[0]["error"]:
+            raise AgreedError(gathered[0]["error"],
+                              lambda: self.backend.broadcast_object(None, name="save_failed"))
+        rngs, all_sums = [g["rng"] for g in gathered], [g["sums"] for g in gathered]
         if check is not None:
-            finite = self.backend.allreduce_sum(
-                np.array([float(self.backend.weights_finite())]))[0] == rt.size
             check(None if sums is None else MetricSums(epoch_sums.layout, np.sum(all_sums, axis=0)),
-                  finite)
+                  all(g["finite"] for g in gathered))
         if self.store is None:
             return None
-        path, error = None, ""
+        error = ""
         state = self.backend.state_to_save()
         if rt.is_root:
-            # The write before this one (async) ends first: its error is agreed here.
-            error = self.writer.wait()
             if self.asynchronous:  # the state as it is now, for the thread to write
                 state = self.backend.host_copy(state)
             record = {"recipe": self.recipe, "signature": self.backend.signature(),
@@ -230,16 +235,16 @@ class CheckpointManager:
                       "epoch_sums": None if sums is None else all_sums,
                       "config": self.config, "lr_factor": position["lr_factor"],
                       "state": state}
-            if not error and self.asynchronous:
-                path = self.store.path_for(epoch, step)
+            if self.asynchronous:
                 self.writer.submit(lambda: self._write(record))
-            elif not error:
+            else:
                 try:
-                    path = self._write(record)
+                    self._write(record)
                 except CheckpointError as e:
                     error = str(e)
-        agree(not error, error, self.backend.broadcast_object)
-        return self.backend.broadcast_object(path, name="ckpt_path")
+        if not self.asynchronous:  # every rank waits for the write and learns how it went
+            agree(not error, error, self.backend.broadcast_object)
+        return self.store.path_for(epoch, step)
 
     def _write(self, record: dict) -> str:
         """Rank 0: write ``record`` through the store (keep-K included); the first save also

@@ -27,7 +27,9 @@ def test_bench_runs_every_row_and_writes_them(tmp_path):
          "--cifar-batch-size", "4", "--rounds", "1", "--out", str(out),
          # (not the compile group: a cold torch.compile of the model costs minutes of CPU here;
          # --compile itself is tested in tests/jobs/training/test_compile.py)
-         "--only", "pytorch", "--only", "tensorflow", "--only", "cifar"],
+         "--only", "pytorch", "--only", "tensorflow", "--only", "cifar", "--only", "saving",
+         "--saving-model", "shufflenet_v2_x0_5", "--saving-image-size", "32",
+         "--saving-batch-size", "2", "--saving-steps", "4", "--saving-every", "2"],
         cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     result = json.loads((out / "bench.json").read_text())
@@ -36,7 +38,8 @@ def test_bench_runs_every_row_and_writes_them(tmp_path):
         "ceiling: plain PyTorch x N side by side", "horovodrun (default)", "horovodrun --gloo",
         "mpirun", "torchrun DDP (gloo)", "ceiling: plain TensorFlow x N side by side",
         "horovodrun TensorFlow (default)", "horovodrun TensorFlow, Keras 3 model.fit",
-        "CIFAR recipe, np=1", "CIFAR recipe, np=N"}
+        "CIFAR recipe, np=1", "CIFAR recipe, np=N", "saving: no checkpoints",
+        "saving: --checkpoint-steps 2, sync", "saving: --checkpoint-steps 2, async"}
     assert all(r["rate"] > 0 and len(r["rounds"]) == 1 and not r["error"] for r in rows.values())
     for name in ("horovodrun (default)", "horovodrun --gloo", "mpirun"):
         assert rows[name]["of_ceiling"] > 0 and rows[name]["vs_ddp"] > 0
@@ -44,4 +47,11 @@ def test_bench_runs_every_row_and_writes_them(tmp_path):
     assert rows["horovodrun TensorFlow, Keras 3 model.fit"]["of_ceiling"] > 0
     assert rows["CIFAR recipe, np=N"]["scaling_efficiency"] > 0
     assert result["fastest"] in rows and (out / "bench.png").stat().st_size > 1000
+    for mode in ("sync", "async"):  # the pause per checkpoint, from the runs' final records
+        row = rows[f"saving: --checkpoint-steps 2, {mode}"]
+        assert row["vs_none"] > 0 and row["checkpoint_mb"] > 1
+        assert 0 < row["pause_s"] <= row["pause_max_s"] and row["pause_share_of_step"] > 0
+    assert rows["saving: --checkpoint-steps 2, async"]["pause_cut_vs_sync"] > 0
+    assert "pause_s" not in rows["saving: no checkpoints"]
+    assert "| --checkpoint-steps 2, async |" in proc.stdout
     assert "| horovodrun (default) |" in proc.stdout

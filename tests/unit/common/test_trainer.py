@@ -556,3 +556,27 @@ def test_the_background_writer_hands_its_error_back_once():
         time.sleep(0.001)
     assert writer.wait() == "[Errno 28] No space left on device"
     assert writer.wait() == "" and not writer.failed()
+
+
+def test_a_background_save_is_one_collective(tmp_path):
+    """What holds every rank at an async save is one allgather (RNG states, epoch counters,
+    finite weights, rank 0's news of its previous write); sync adds the wait and one broadcast."""
+    counts = {}
+    for mode in ("async", "sync"):
+        cfg = config(tmp_path / mode, epochs=1, checkpoint_mode=mode)
+        backend = NumpyBackend(cfg)
+        manager = CheckpointManager(backend, cfg, "test/linear")
+        calls = []
+        backend.allgather_object = lambda obj, name=None, calls=calls: calls.append(name) or [obj]
+        backend.broadcast_object = (lambda obj, root_rank=0, name=None, calls=calls:
+                                    calls.append(name) or obj)
+        backend.allreduce_sum = lambda v, calls=calls: calls.append("allreduce") or v
+        path = manager.save({"epoch": 0, "step": 3, "lr_factor": 1.0},
+                            MetricSums(backend.train_layout, [1.0, 2.0, 0.0]),
+                            check=lambda sums, finite: None)
+        manager.flush()
+        assert path.endswith("ckpt-e00000-s000000003.pkl")
+        assert pickle.loads(open(path, "rb").read())["step"] == 3
+        counts[mode] = calls
+    assert counts["async"] == ["save_state", None]  # the save's one; flush's agreement after it
+    assert counts["sync"] == ["save_state", None, None]
