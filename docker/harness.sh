@@ -12,7 +12,10 @@
 #   5. runs docker/compose.yaml's cluster: horovodrun across the containers over ssh (compose's
 #      own command, the PyTorch recipe), mpirun across them (the TensorFlow recipe), and under
 #      each launcher a run whose worker container is killed mid-run: the job must end (no hang)
-#      and a rerun resumes from the checkpoint rank 0 saved.
+#      and a rerun resumes from the checkpoint rank 0 saved; then rank 1's process stopped
+#      (SIGSTOP) in the worker container: the stall watchdog ends the job within
+#      --stall-timeout, naming rank 1 on worker; then the worker container restarted under
+#      `hvd-launch --max-restarts 1`: the run is relaunched, resumes and finishes.
 # Where no engine can run it says so and exits 0 (skipped). Exit 1 on any failed check.
 #
 # Environment: DEBIAN_MIRROR (debootstrap's), DOCKER_TEST_KILL_TIMEOUT (s, default 120).
@@ -148,7 +151,76 @@ cluster() {
     "${COMPOSE[@]}" up -d --no-build worker >/dev/null 2>&1
     kill_worker "$launcher"
   done
+  # 4. the worker container's training process stopped: the stall watchdog ends the job, naming
+  #    the rank and its container (its channel to rank 0 crosses the containers' network).
+  "${COMPOSE[@]}" up -d --no-build worker >/dev/null 2>&1
+  stall_worker
+  # 5. the worker container restarted mid-run under hvd-launch --max-restarts 1: the run is
+  #    relaunched, resumes from its checkpoint and finishes.
+  "${COMPOSE[@]}" up -d --no-build worker >/dev/null 2>&1
+  restart_worker
   "${COMPOSE[@]}" down -v >/dev/null 2>&1
+}
+
+# start_job NAME LOG COMMAND: COMMAND in a launcher container in the background ($JOB), once its
+# run has reached epoch 3 (or fail).
+start_job() {
+  local name="$1" log="$2"; shift 2
+  "${COMPOSE[@]}" run --rm --no-deps launcher bash -c "$SSHD && $*" >"$log" 2>&1 &
+  JOB=$!
+  for _ in $(seq 600); do grep -q "epoch 3/" "$log" && break; sleep 0.2; done
+  grep -q "epoch 3/" "$log" || { tail -20 "$log"; fail "$name: no epoch 3"; }
+  kill -0 "$JOB" 2>/dev/null || fail "$name: the job ended before the fault"
+}
+
+# wait_job NAME BOUND: wait for $JOB at most BOUND seconds (a hang fails); its status in $RC.
+wait_job() {
+  local name="$1" bound="$2" t0=$SECONDS
+  while kill -0 "$JOB" 2>/dev/null && [ $((SECONDS - t0)) -lt "$bound" ]; do sleep 0.5; done
+  if kill -0 "$JOB" 2>/dev/null; then
+    docker ps -q --filter "name=${PROJECT}_launcher_run" --filter "name=${PROJECT}-launcher-run" | xargs -r docker kill
+    fail "$name: still running $bound s after the fault (a hang)"
+  fi
+  RC=0
+  wait "$JOB" || RC=$?
+}
+
+stall_worker() {
+  local log stall=10 pids
+  log="$(mktemp)"
+  start_job stall "$log" "mpirun $HOSTS python $RECIPE --epochs 60 --stall-timeout $stall \
+    --checkpoint-dir runs/stall/checkpoints --metrics-file runs/stall/metrics.jsonl"
+  # The container's processes are this host's: stop the recipe's (rank 1's), not sshd.
+  pids="$(docker top "$("${COMPOSE[@]}" ps -q worker)" -eo pid,args | awk '/python .*mnist.py/ {print $1}')"
+  [ -n "$pids" ] || fail "stall: no training process in the worker container"
+  kill -STOP $pids
+  local stopped=$SECONDS
+  wait_job stall $((stall + 60))
+  local took=$((SECONDS - stopped))
+  kill -CONT $pids 2>/dev/null || true
+  [ "$RC" = 124 ] || { tail -20 "$log"; fail "stall: exit status $RC, not 124"; }
+  grep -qE "error: stalled: no progress for [0-9]+ s \(--stall-timeout $stall\); rank 1 on worker stopped answering" "$log" \
+    || { tail -20 "$log"; fail "stall: no verdict naming rank 1 on worker"; }
+  [ "$took" -le $((stall + 30)) ] || fail "stall: the job ended $took s after the stop (--stall-timeout $stall)"
+  say "stall: rank 1's process stopped in the worker container; the job ended $took s later, exit 124: $(grep -oE "rank 1 on worker stopped answering [0-9]+ s ago" "$log" | head -1)"
+  rm -f "$log"
+}
+
+restart_worker() {
+  local log
+  log="$(mktemp)"
+  start_job restart "$log" "hvd-launch --max-restarts 1 --restart-backoff 10 mpirun $HOSTS \
+    python $RECIPE --epochs 8 --checkpoint-dir runs/restart/checkpoints \
+    --metrics-file runs/restart/metrics.jsonl"
+  docker restart -t 0 "$("${COMPOSE[@]}" ps -q worker)" >/dev/null
+  local restarted=$SECONDS
+  wait_job restart 600
+  [ "$RC" = 0 ] || { tail -30 "$log"; fail "restart: exit status $RC after the worker container's restart"; }
+  grep -q "hvd-launch: restart 1 " "$log" || { tail -30 "$log"; fail "restart: no relaunch line"; }
+  grep -qE "resumed from .*\(([2-8]) epoch\(s\)" "$log" || { tail -30 "$log"; fail "restart: the relaunch did not resume from a checkpoint of epoch 2 or later"; }
+  grep -qE "final: val accuracy .* on 2 worker\(s\)" "$log" || { tail -30 "$log"; fail "restart: the relaunched run did not finish"; }
+  say "restart: worker container restarted at epoch 3; hvd-launch relaunched, resumed and finished $((SECONDS - restarted)) s later: $(grep -oE "hvd-launch: restart 1 [^;]*" "$log" | head -1)"
+  rm -f "$log"
 }
 
 kill_worker() {
@@ -198,4 +270,4 @@ else
 fi
 demo
 cluster
-say "ok: image built, demo trained, doctor ok, 2-container cluster under horovodrun and mpirun, worker kill ended the job"
+say "ok: image built, demo trained, doctor ok, 2-container cluster under horovodrun and mpirun, worker kill ended the job, a stopped worker named by the watchdog, a restarted worker container relaunched and finished"
