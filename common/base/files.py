@@ -69,7 +69,7 @@ def content_digest(value: Any) -> str:
                 v = v.detach().cpu()
                 v = (v.float() if str(v.dtype) == "torch.bfloat16" else v).numpy()
             h.update(f"<{v.dtype.str}{v.shape}>".encode())
-            h.update(np.ascontiguousarray(v).tobytes())
+            h.update(np.ascontiguousarray(v).reshape(-1).view(np.uint8))  # no copy
         else:
             text(v)
 

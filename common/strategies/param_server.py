@@ -39,7 +39,7 @@ from common.config.core import TrainConfig
 from common.config.flags import ConfigError
 from common.config.strategies import ServerConfig
 from common.faults.watchdog import beat
-from common.frameworks.torch_backend import TorchBackend, counters, init
+from common.frameworks.torch_backend import TorchBackend, counters, init, sums_finite
 from common.monitor.metrics import MetricSums, StepTimes
 from common.strategies.spread_state import SpreadState
 from common.world.runtime import Runtime, mpi_world
@@ -297,7 +297,7 @@ class ParameterServerBackend(SpreadState, TorchBackend):
 
     def weights_finite(self) -> bool:
         if self.is_server:
-            return bool(torch.isfinite(self.flat).all())
+            return sums_finite([self.flat])
         return super().weights_finite()
 
     # --- the whole model's state, spread over the servers (common.strategies.spread_state) ---
