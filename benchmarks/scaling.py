@@ -16,6 +16,14 @@ the largest count, unless the recipe's flags set it): N workers bring N times th
 It writes ``scaling.md`` (a Markdown table), ``scaling.json`` and
 ``scaling.png`` (throughput against workers with the ideal line, efficiency, communication
 share) to ``--out``.
+
+``--project 8,32,128 --link 10Gbit,50us [--link ...]``: the efficiency those worker counts
+would have over each link (``benchmarks.projection``), from the one-worker run's step time and
+gradient bytes (a PyTorch recipe's final record; otherwise ``--gradient-mb``), as a table in
+``scaling.md`` and a plot ``projection.png``; ``--link measure`` measures the link the runs
+themselves use (``benchmarks.linkprobe`` at the largest count, with the same launcher). With
+one link given, the report's own measured counts above one are set beside their prediction: run
+it on the hosts whose link you give (a shaped link, a real cluster) to check the model.
 """
 
 from __future__ import annotations
@@ -23,12 +31,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench import BIN, last_line, launch_env, mpirun_command, run_side_by_side
+from benchmarks.bench import BIN, ROOT, last_line, launch_env, mpirun_command, run_side_by_side
+from benchmarks.projection import BACKWARD_SHARE, Link, project
+from benchmarks.projection import chart as projection_chart
+from benchmarks.projection import table as table_of_projection
 from common.world.runtime import cpu_cores
 
 LAUNCHERS = ("horovodrun", "gloo", "mpirun")
@@ -57,8 +69,16 @@ def measured(records: list[dict]) -> dict | None:
     if not epochs:
         return None
     last = epochs[-1]
+    final = ([r for r in records if r.get("type") == "final"] or [{}])[-1]
+    steps = final.get("step_s_by_rank")  # a PyTorch recipe's: what the projection starts from
+    if steps:
+        step_s = statistics.fmean(steps)
+    else:  # elsewhere: the last epoch's time over its steps (data loading and metrics included)
+        before = epochs[-2]["step"] if len(epochs) > 1 else 0
+        step_s = last["epoch_time_s"] / max(last["step"] - before, 1)
     return {"rate": last["samples_per_sec"], "comm_share": last.get("comm_share"),
-            "spread": last.get("balance_spread")}
+            "spread": last.get("balance_spread"), "step_s": step_s,
+            "gradient_bytes": final.get("gradient_bytes")}
 
 
 def run_once(command: list[str], path: Path, env: dict, timeout: float) -> dict:
@@ -153,6 +173,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="runs of every count (median reported)")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed for one run")
     p.add_argument("--out", default="runs/scaling", help="folder for scaling.md/.json/.png")
+    p.add_argument("--project", default="", metavar="N,N,...",
+                   help="worker counts to predict the efficiency of (benchmarks.projection)")
+    p.add_argument("--link", action="append", default=[], metavar="BANDWIDTH[,LATENCY]",
+                   help="a link to project over, e.g. 10Gbit,50us (repeatable); 'measure': "
+                        "the runs' own link, by benchmarks.linkprobe")
+    p.add_argument("--overlap", type=float, default=BACKWARD_SHARE,
+                   help="share of a step the allreduce can hide behind (default 2/3)")
+    p.add_argument("--gradient-mb", type=float, default=None,
+                   help="gradient MB per step, where the recipe's record does not say")
     p.add_argument("recipe", nargs=argparse.REMAINDER,
                    help="-- the recipe's path and flags (without --metrics-file)")
     a = p.parse_args(argv)
@@ -166,6 +195,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not a.recipe or not Path(a.recipe[0]).is_file():
         p.error(f"give the recipe after --, e.g. -- recipes/pytorch/mnist.py --max-steps 50 "
                 f"(got {' '.join(a.recipe) or 'nothing'})")
+    try:
+        a.project_counts = sorted({int(n) for n in a.project.split(",") if n.strip()})
+        a.links = [None if x == "measure" else Link.parse(x) for x in a.link]
+    except ValueError as e:
+        p.error(str(e).replace("invalid literal for int() with base 10", "--project wants "
+                               "comma-separated worker counts, got"))
+    if a.project_counts and not a.links:
+        p.error("--project needs a --link (e.g. --link 10Gbit,50us, or --link measure)")
+    if a.links and not a.project_counts:
+        p.error("--link goes with --project (the worker counts to predict)")
+    if not 0 <= a.overlap <= 1:
+        p.error("--overlap is a share of the step, from 0 to 1")
     for flag in ("--metrics-file", "--checkpoint-dir"):
         if any(w == flag or w.startswith(flag + "=") for w in a.recipe):
             p.error(f"leave {flag} out: every run gets its own metrics file and starts fresh, "
@@ -211,7 +252,86 @@ def main(argv: list[str] | None = None) -> int:
     chart(rows, out / "scaling.png", title)
     print(f"\n{title}\n\n{text}\n\nwrote {out / 'scaling.md'}, {out / 'scaling.json'} and "
           f"{out / 'scaling.png'}")
-    return 1 if any(r["error"] for r in rows) else 0
+    failed = any(r["error"] for r in rows)
+    if a.project_counts:
+        failed |= not projection_report(a, runs, rows, env, out, title)
+    return 1 if failed else 0
+
+
+def projection_report(a: argparse.Namespace, runs: dict[int, list[dict]], rows: list[dict],
+                      env: dict, out: Path, title: str) -> bool:
+    """--project: the predicted efficiencies (and, with one link, the measured ones beside
+    theirs) appended to scaling.md and scaling.json, and projection.png. False if it cannot."""
+    ones = [r for r in runs.get(1, []) if "error" not in r and r.get("step_s")]
+    if not ones:
+        print("scaling: --project needs a 1-worker run (--np 1,...) of a training recipe",
+              file=sys.stderr)
+        return False
+    step_s = _median([r["step_s"] for r in ones])
+    nbytes = (a.gradient_mb * 1e6 if a.gradient_mb is not None else
+              _median([r.get("gradient_bytes") for r in ones]))
+    if not nbytes:
+        print("scaling: the recipe's record does not give its gradient bytes: add --gradient-mb",
+              file=sys.stderr)
+        return False
+    links = []
+    for link in a.links:
+        if link is None:
+            link = measure_link(a, env, out)
+            if link is None:
+                return False
+        links.append(link)
+    counts = sorted({*a.project_counts, *(r["workers"] for r in rows if r["workers"] > 1)})
+    predicted = project(counts, step_s, nbytes, links, a.overlap)
+    measured = []
+    if len(links) == 1:  # the runs' own link: set each measured count beside its prediction
+        measured = [{"link": links[0].label, "workers": r["workers"],
+                     "efficiency": r["efficiency"]}
+                    for r in rows if r["workers"] > 1 and r["efficiency"] is not None]
+    text = projection_table(predicted, measured, step_s, nbytes, a.overlap)
+    with (out / "scaling.md").open("a") as f:
+        f.write(f"\n## Projection\n\n{text}\n")
+    result = json.loads((out / "scaling.json").read_text())
+    result["projection"] = {"step_s": step_s, "gradient_bytes": nbytes, "overlap": a.overlap,
+                            "rows": predicted, "measured": measured}
+    (out / "scaling.json").write_text(json.dumps(result, indent=1) + "\n")
+    projection_chart(predicted, out / "projection.png", title, measured)
+    print(f"\nProjection\n\n{text}\n\nwrote {out / 'projection.png'}")
+    return True
+
+
+def projection_table(predicted: list[dict], measured: list[dict], step_s: float, nbytes: float,
+                     overlap: float) -> str:
+    text = table_of_projection(predicted, step_s, nbytes, overlap)
+    if measured:
+        by = {(r["link"], r["workers"]): r for r in predicted}
+        lines = ["", "| link | workers | measured efficiency | predicted | difference |",
+                 "|---|---|---|---|---|"]
+        for m in measured:
+            p = by[(m["link"], m["workers"])]["efficiency"]
+            lines.append(f"| {m['link']} | {m['workers']} | {m['efficiency']:.0%} | {p:.0%} | "
+                         f"{100 * (p - m['efficiency']):+.0f} points |")
+        text += "\n" + "\n".join(lines)
+    return text
+
+
+def measure_link(a: argparse.Namespace, env: dict, out: Path) -> Link | None:
+    """The link the runs use, as Horovod's allreduce sees it (benchmarks.linkprobe at the
+    largest measured count, with the same launcher)."""
+    n = max(max(a.counts), 2)
+    path = out / "link.json"
+    cmd = [*launch_command(a.launcher, n), str(BIN / "python"), "-m", "benchmarks.linkprobe",
+           "--out", str(path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=a.timeout)
+    if proc.returncode or not path.exists():
+        print(f"scaling: measuring the link failed: {last_line(proc.stdout + proc.stderr)}",
+              file=sys.stderr)
+        return None
+    got = json.loads(path.read_text())
+    print(f"scaling: the runs' link, measured: {got['bits_per_s'] / 1e9:.3g} Gbit/s, "
+          f"{got['latency_s'] * 1e6:.0f} us per message", flush=True)
+    return Link(got["bits_per_s"], got["latency_s"])
 
 
 if __name__ == "__main__":

@@ -34,9 +34,11 @@ class BackgroundWriter:
             except Exception as e:  # noqa: BLE001 - reported to every rank by the manager
                 self._error = str(e) or type(e).__name__
 
-        # A daemon: a process that fails elsewhere exits without waiting for the write (its
-        # temporary file is removed by the next run; the earlier checkpoints are untouched).
-        self._thread = threading.Thread(target=run, name="checkpoint-writer", daemon=True)
+        # Not a daemon: a process that ends normally finishes the write first, whoever called
+        # save (the trainer waits anyway). One that fails ends with os._exit (run_main) and
+        # does not wait: its temporary file is removed by the next run, and the earlier
+        # checkpoints are untouched.
+        self._thread = threading.Thread(target=run, name="checkpoint-writer", daemon=False)
         self._thread.start()
 
     @property

@@ -433,7 +433,8 @@ class TorchBackend(Backend):
                          for p in self.model.parameters() if p.requires_grad)
         self.times.sent_bytes = self.times.steps * 2 * (n - 1) / n * grad_bytes
         return self.times.record(self.allgather_object, strategy="data parallel",
-                                 bytes_counted="ring allreduce, 2(N-1)/N x gradient bytes")
+                                 bytes_counted="ring allreduce, 2(N-1)/N x gradient bytes",
+                                 gradient_bytes=grad_bytes)
 
     @torch.no_grad()
     def evaluate(self) -> MetricSums:
