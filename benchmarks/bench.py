@@ -115,20 +115,6 @@ def saving_rows(a: argparse.Namespace, image_dir: Path, work: Path) -> list[Row]
     return rows
 
 
-def write_image_folders(root: Path, classes: int, n_train: int, n_val: int, size: int) -> None:
-    """ImageFolder ``train/`` and ``val/`` of random PNGs (the ``saving`` rows' data)."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for i in range(n):
-            folder = root / split / f"class{i % classes}"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
-                folder / f"{i}.png")
-
-
 def build_rows(a: argparse.Namespace, data_dir: str) -> list[Row]:
     n, py = a.np, str(BIN / "python")
     threads = ["--threads-per-worker", str(a.threads)]
@@ -410,8 +396,10 @@ def main(argv: list[str] | None = None) -> int:
 
             write_cifar10(data_dir, per_batch, 1000)
         if any(r.group == "saving" for r in rows):
-            write_image_folders(work / "images", 2, a.np * a.saving_batch_size * a.saving_steps,
-                                2 * a.np, a.saving_image_size)
+            from common.data.datasets import write_image_folders
+
+            write_image_folders(str(work / "images"), 2, a.np * a.saving_batch_size * a.saving_steps // 2,
+                                a.np, a.saving_image_size)
         print(f"bench: {len(rows)} runs x {a.rounds} round(s), N={a.np}, {a.threads} thread(s) "
               f"per worker, {cpu_cores()} cores"
               + (f"; your settings: {user_tuning}" if user_tuning else ""), flush=True)

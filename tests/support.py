@@ -600,20 +600,6 @@ def write_cifar(directory: Path) -> None:
     write_cifar10(str(directory), per_batch=8, n_test=10)
 
 
-def write_image_folders(root: Path, classes=3, train_per_class=6, val_per_class=2, size=40):
-    """ImageNet-style ``train/`` and ``val/`` class folders of random PNGs."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", train_per_class), ("val", val_per_class)):
-        for c in range(classes):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-
-
 # --- the docs' captured output -----------------------------------------------------------------
 
 OWN_RECIPE_PAGE = ROOT / "docs" / "own-recipe.md"

@@ -95,9 +95,9 @@ class CheckpointManager:
     # Settings that may differ between a run and its resumption without changing what is trained.
     _NOT_SETTINGS = {"checkpoint_dir", "metrics_file", "log_dir", "progress", "progress_every",
                      "run_dir", "stall_timeout", "stop_signals", "compile", "epochs",
-                     "max_steps", "data_workers", "threads_per_worker", "keep_checkpoints", "checkpoint_mode",
-                     "checkpoint_epochs", "checkpoint_steps", "tracker", "tracking_uri",
-                     "experiment"}
+                     "max_steps", "data_workers", "threads_per_worker", "keep_checkpoints",
+                     "checkpoint_mode", "checkpoint_epochs", "checkpoint_steps", "tracker",
+                     "tracking_uri", "experiment"}
 
     def changed_settings(self, saved: dict | None) -> str:
         """``name old -> new`` for each training setting this run changes ('' if none)."""

@@ -223,3 +223,19 @@ def write_cifar10(data_dir: str, per_batch: int, n_test: int, seed: int = 0) -> 
         with open(os.path.join(folder, name), "wb") as f:
             pickle.dump(batch, f)
     return folder
+
+
+def write_image_folders(root: str, classes: int = 3, train_per_class: int = 6,
+                        val_per_class: int = 2, size: int = 40, seed: int = 0) -> None:
+    """Generated data in ImageFolder's layout (``train/`` and ``val/``, a folder of random
+    PNGs of size x (size + 8) pixels per class), for tests and benchmarks."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(classes):
+            folder = os.path.join(root, split, f"class{c}")
+            os.makedirs(folder)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(os.path.join(folder, f"{i}.png"))

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from common.data.datasets import write_image_folders
 from tests.support import (
     BIN,
     FAULT_FLAGS,
@@ -26,7 +27,6 @@ from tests.support import (
     max_abs_diff,
     rerun_matches,
     worker_errors,
-    write_image_folders,
 )
 
 

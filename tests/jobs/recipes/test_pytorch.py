@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from common.data.datasets import write_image_folders
 from tests.support import (
     BIN,
     HANG_GUARD_S,
@@ -23,7 +24,6 @@ from tests.support import (
     tensorboard_scalars,
     world_records,
     write_cifar,
-    write_image_folders,
 )
 
 PT = RECIPES / "pytorch"
