@@ -4,12 +4,14 @@ Run it under the launcher, across the hosts whose link you want:
 
     horovodrun -np 2 -H hostA:1,hostB:1 python -m benchmarks.linkprobe [--out link.json]
 
-Every rank allreduces float32 buffers from 4 KB to 64 MB (one name per size, so nothing is
-fused), ``--repeats`` times each after one untimed round, and rank 0 fits the median times to
-t = a + b x bytes by least squares. With the ring's counts (2(N-1) messages per allreduce,
-2(N-1)/N of the bytes sent by each rank), a gives the latency per message and b the bandwidth,
-as ``benchmarks.projection.Link`` takes them. They include what Horovod adds (a cycle's wait,
-the reduction's arithmetic), as training sees it. Rank 0 prints one line and writes JSON.
+Every rank allreduces float32 buffers from 4 KB to 64 MB (``--max-mb``; one name per size, so
+nothing is fused), ``--repeats`` times each after one untimed round, and rank 0 fits the median
+times to t = a + b x bytes by least squares on the relative error. With the ring's counts
+(2(N-1) messages per allreduce, 2(N-1)/N of the bytes sent by each rank), a gives the latency
+per message and b the bandwidth, as ``benchmarks.projection.Link`` takes them. They include
+what Horovod adds (a cycle's wait, the reduction's arithmetic) and the recipes' runtime
+settings (``common.world.runtime``: Open MPI yielding instead of spinning, Gloo's cycle time),
+as training sees it. Rank 0 prints one line and writes JSON.
 """
 
 from __future__ import annotations
@@ -25,11 +27,16 @@ SIZES = (4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
 
 
 def fit(samples: list[tuple[float, float]], n: int) -> dict:
-    """Latency per message and bandwidth from (bytes, seconds) pairs of ``n``-rank allreduces."""
-    xs, ys = [b for b, _ in samples], [t for _, t in samples]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
-        (x - mx) ** 2 for x in xs)
+    """Latency per message and bandwidth from (bytes, seconds) pairs of ``n``-rank allreduces.
+
+    Least squares on the relative error (each sample weighted 1/t^2): the sizes span four
+    orders of magnitude, and a plain fit would let the largest decide the intercept alone."""
+    ws = [1 / t ** 2 for _, t in samples]
+    sw = sum(ws)
+    mx = sum(w * b for w, (b, _) in zip(ws, samples, strict=True)) / sw
+    my = sum(w * t for w, (_, t) in zip(ws, samples, strict=True)) / sw
+    slope = (sum(w * (b - mx) * (t - my) for w, (b, t) in zip(ws, samples, strict=True))
+             / sum(w * (b - mx) ** 2 for w, (b, _) in zip(ws, samples, strict=True)))
     intercept = my - slope * mx
     steps = 2 * (n - 1)
     return {"latency_s": max(intercept, 0.0) / steps,
@@ -47,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     import horovod.torch as hvd
     import torch
 
-    hvd.init()
+    from common.world.runtime import init_horovod, settings_line
+
+    init_horovod(hvd)  # the runtime settings a recipe runs with (Open MPI's yield, Gloo's cycle)
     n = hvd.size()
     if n < 2:
         print("linkprobe: run it on 2 or more workers (a link has two ends)", file=sys.stderr)
@@ -71,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         link = fit(worst, n)
         result = {"date": time.strftime("%Y-%m-%d"), "workers": n, **link,
                   "samples": [{"bytes": b, "seconds": t} for b, t in worst]}
+        print(settings_line() or "runtime settings: none", flush=True)
         print(f"linkprobe: {n} workers: {link['bits_per_s'] / 1e9:.3g} Gbit/s, "
               f"{link['latency_s'] * 1e6:.0f} us per message (the allreduce's fit: "
               f"{link['intercept_s'] * 1e3:.2f} ms + {link['seconds_per_byte'] * 1e9:.3f} ns/byte)",

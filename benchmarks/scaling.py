@@ -10,9 +10,10 @@ the framework splits it out, and the spread between ranks). Every worker count r
 ``--rounds`` times, interleaved (round 1 of every count, then round 2, ...), so a slow spell of
 the machine hits every count alike; the report gives each count's median, and its speed-up and
 scaling efficiency (rate at N / (N x rate at the smallest count)) as the median of the ratios
-taken within one round. Every count runs on this machine; so that the ideal line means what it
-says, each worker gets the same CPU threads at every count (``--threads-per-worker``: cores /
-the largest count, unless the recipe's flags set it): N workers bring N times the cores of one.
+taken within one round. Every count runs on this machine, or with ``--hosts a:1,b:1`` on the
+first N slots of those hosts; so that the ideal line means what it says, each worker gets the
+same CPU threads at every count (``--threads-per-worker``: cores / the largest count, unless
+the recipe's flags set it): N workers bring N times the cores of one.
 It writes ``scaling.md`` (a Markdown table), ``scaling.json`` and
 ``scaling.png`` (throughput against workers with the ideal line, efficiency, communication
 share) to ``--out``.
@@ -23,7 +24,8 @@ gradient bytes (a PyTorch recipe's final record; otherwise ``--gradient-mb``), a
 ``scaling.md`` and a plot ``projection.png``; ``--link measure`` measures the link the runs
 themselves use (``benchmarks.linkprobe`` at the largest count, with the same launcher). With
 one link given, the report's own measured counts above one are set beside their prediction: run
-it on the hosts whose link you give (a shaped link, a real cluster) to check the model.
+it on the hosts whose link you give (a shaped link, a real cluster) to check the model. The
+compute step the projection uses is the largest count's step less its wait for the allreduce.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import time
 from pathlib import Path
 
 from benchmarks.bench import BIN, ROOT, last_line, launch_env, mpirun_command, run_side_by_side
-from benchmarks.projection import BACKWARD_SHARE, Link, project
+from benchmarks.projection import CPU_OVERLAP, Link, project
 from benchmarks.projection import chart as projection_chart
 from benchmarks.projection import table as table_of_projection
 from common.world.runtime import cpu_cores
@@ -46,11 +48,28 @@ from common.world.runtime import cpu_cores
 LAUNCHERS = ("horovodrun", "gloo", "mpirun")
 
 
-def launch_command(launcher: str, n: int) -> list[str]:
-    """The launcher's command for ``n`` workers on this machine."""
+def first_slots(hosts: str, n: int) -> str:
+    """The first ``n`` slots of ``HOST:SLOTS,...`` in ``-H``'s form: 1 worker on the first host,
+    2 on the first two of ``a:1,b:1``."""
+    picked, left = [], n
+    for entry in hosts.split(","):
+        name, _, slots = entry.strip().partition(":")
+        take = min(int(slots or 1), left)
+        if take > 0:
+            picked.append(f"{name}:{take}")
+            left -= take
+    if left > 0:
+        raise ValueError(f"--hosts {hosts} has fewer than {n} slots")
+    return ",".join(picked)
+
+
+def launch_command(launcher: str, n: int, hosts: str = "") -> list[str]:
+    """The launcher's command for ``n`` workers: on this machine, or on the first ``n`` slots
+    of ``hosts``."""
+    where = ["-H", first_slots(hosts, n)] if hosts else []
     if launcher == "mpirun":
-        return [*mpirun_command(n), "-bind-to", "none", "-map-by", "slot"]
-    cmd = [str(BIN / "horovodrun"), "-np", str(n)]
+        return [*mpirun_command(n), *where, "-bind-to", "none", "-map-by", "slot"]
+    cmd = [str(BIN / "horovodrun"), "-np", str(n), *where]
     return [*cmd, "--gloo"] if launcher == "gloo" else cmd
 
 
@@ -76,8 +95,10 @@ def measured(records: list[dict]) -> dict | None:
     else:  # elsewhere: the last epoch's time over its steps (data loading and metrics included)
         before = epochs[-2]["step"] if len(epochs) > 1 else 0
         step_s = last["epoch_time_s"] / max(last["step"] - before, 1)
+    comm = final.get("comm_s_by_rank")
     return {"rate": last["samples_per_sec"], "comm_share": last.get("comm_share"),
             "spread": last.get("balance_spread"), "step_s": step_s,
+            "comm_s": statistics.fmean(comm) if comm else None,
             "gradient_bytes": final.get("gradient_bytes")}
 
 
@@ -170,6 +191,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--np", default="1,2", help="worker counts, comma-separated, e.g. 1,2,4")
     p.add_argument("--launcher", choices=LAUNCHERS, default="horovodrun",
                    help="horovodrun (its default controller), gloo (horovodrun --gloo) or mpirun")
+    p.add_argument("--hosts", default="", metavar="HOST:SLOTS,...",
+                   help="run across these hosts (the launcher's -H), N workers on the first N "
+                        "slots; default: every worker on this machine")
     p.add_argument("--rounds", type=int, default=2, help="runs of every count (median reported)")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed for one run")
     p.add_argument("--out", default="runs/scaling", help="folder for scaling.md/.json/.png")
@@ -178,8 +202,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--link", action="append", default=[], metavar="BANDWIDTH[,LATENCY]",
                    help="a link to project over, e.g. 10Gbit,50us (repeatable); 'measure': "
                         "the runs' own link, by benchmarks.linkprobe")
-    p.add_argument("--overlap", type=float, default=BACKWARD_SHARE,
-                   help="share of a step the allreduce can hide behind (default 2/3)")
+    p.add_argument("--overlap", type=float, default=CPU_OVERLAP,
+                   help="share of a step the allreduce can hide behind (default 0, as CPU "
+                        "workers measured; at best 2/3, the backward's share, on GPUs)")
     p.add_argument("--gradient-mb", type=float, default=None,
                    help="gradient MB per step, where the recipe's record does not say")
     p.add_argument("recipe", nargs=argparse.REMAINDER,
@@ -192,6 +217,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.recipe = a.recipe[1:] if a.recipe[:1] == ["--"] else a.recipe
     if not a.counts or a.counts[0] < 1 or a.rounds < 1:
         p.error("--np needs counts >= 1 and --rounds must be >= 1")
+    if a.hosts:
+        try:
+            first_slots(a.hosts, max(a.counts))
+        except ValueError as e:
+            p.error(str(e) if "slots" in str(e) else f"--hosts wants HOST:SLOTS,..., got {a.hosts!r}")
     if not a.recipe or not Path(a.recipe[0]).is_file():
         p.error(f"give the recipe after --, e.g. -- recipes/pytorch/mnist.py --max-steps 50 "
                 f"(got {' '.join(a.recipe) or 'nothing'})")
@@ -233,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="scaling-") as tmp:
         for k in range(a.rounds):
             for n in a.counts:
-                cmd = [*launch_command(a.launcher, n), str(BIN / "python"), *recipe]
+                cmd = [*launch_command(a.launcher, n, a.hosts), str(BIN / "python"), *recipe]
                 got = run_once(cmd, Path(tmp) / f"np{n}-round{k}.jsonl", env, a.timeout)
                 runs[n].append(got)
                 print(f"  round {k + 1}: {n} worker(s): "
@@ -277,27 +307,46 @@ def projection_report(a: argparse.Namespace, runs: dict[int, list[dict]], rows: 
     links = []
     for link in a.links:
         if link is None:
-            link = measure_link(a, env, out)
+            link = measure_link(a, env, out, nbytes)
             if link is None:
                 return False
         links.append(link)
+    compute_s, at = distributed_compute(runs)
     counts = sorted({*a.project_counts, *(r["workers"] for r in rows if r["workers"] > 1)})
-    predicted = project(counts, step_s, nbytes, links, a.overlap)
+    predicted = project(counts, step_s, nbytes, links, a.overlap, compute_s)
     measured = []
     if len(links) == 1:  # the runs' own link: set each measured count beside its prediction
         measured = [{"link": links[0].label, "workers": r["workers"],
                      "efficiency": r["efficiency"]}
                     for r in rows if r["workers"] > 1 and r["efficiency"] is not None]
     text = projection_table(predicted, measured, step_s, nbytes, a.overlap)
+    if compute_s is not None:
+        text += (f"\n\nA worker's step on {at} workers without its wait for the allreduce: "
+                 f"{compute_s * 1e3:.1f} ms (the projection's compute per step at every count; "
+                 f"{step_s * 1e3:.1f} ms alone).")
     with (out / "scaling.md").open("a") as f:
         f.write(f"\n## Projection\n\n{text}\n")
     result = json.loads((out / "scaling.json").read_text())
-    result["projection"] = {"step_s": step_s, "gradient_bytes": nbytes, "overlap": a.overlap,
+    result["projection"] = {"step_s": step_s, "compute_s": compute_s, "compute_at": at,
+                            "gradient_bytes": nbytes, "overlap": a.overlap,
                             "rows": predicted, "measured": measured}
     (out / "scaling.json").write_text(json.dumps(result, indent=1) + "\n")
     projection_chart(predicted, out / "projection.png", title, measured)
     print(f"\nProjection\n\n{text}\n\nwrote {out / 'projection.png'}")
     return True
+
+
+def distributed_compute(runs: dict[int, list[dict]]) -> tuple[float | None, int | None]:
+    """A worker's step at the largest measured count without its wait for the allreduce
+    (median over rounds of the step minus the communication wait): what being distributed
+    costs besides the link (Horovod's thread and negotiation sharing the worker's cores).
+    (None, None) without a multi-worker run whose record splits the wait out."""
+    for n in sorted(runs, reverse=True):
+        got = [r["step_s"] - r["comm_s"] for r in runs[n] if n > 1 and "error" not in r
+               and r.get("step_s") and r.get("comm_s") is not None]
+        if got:
+            return statistics.median(got), n
+    return None, None
 
 
 def projection_table(predicted: list[dict], measured: list[dict], step_s: float, nbytes: float,
@@ -315,13 +364,14 @@ def projection_table(predicted: list[dict], measured: list[dict], step_s: float,
     return text
 
 
-def measure_link(a: argparse.Namespace, env: dict, out: Path) -> Link | None:
+def measure_link(a: argparse.Namespace, env: dict, out: Path, nbytes: float) -> Link | None:
     """The link the runs use, as Horovod's allreduce sees it (benchmarks.linkprobe at the
-    largest measured count, with the same launcher)."""
+    largest measured count, with the same launcher), over buffers up to the job's gradient
+    bytes (at least 4 MB): on a slow link 64 MB allreduces would take minutes."""
     n = max(max(a.counts), 2)
     path = out / "link.json"
-    cmd = [*launch_command(a.launcher, n), str(BIN / "python"), "-m", "benchmarks.linkprobe",
-           "--out", str(path)]
+    cmd = [*launch_command(a.launcher, n, a.hosts), str(BIN / "python"), "-m",
+           "benchmarks.linkprobe", "--out", str(path), "--max-mb", f"{max(nbytes / 2**20, 4):.1f}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=a.timeout)
     if proc.returncode or not path.exists():

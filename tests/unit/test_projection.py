@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from benchmarks.linkprobe import fit
-from benchmarks.projection import Link, efficiency, project, ring_allreduce_s, table
+from benchmarks.projection import Link, compare, efficiency, project, ring_allreduce_s, table
+from benchmarks.scaling import distributed_compute, first_slots, launch_command
 
 
 def test_links_parse_with_units_and_bad_ones_say_what_to_give():
@@ -52,3 +55,64 @@ def test_the_link_probe_recovers_latency_and_bandwidth_from_allreduce_times():
     got = fit(samples, n)
     assert got["latency_s"] == pytest.approx(latency, rel=1e-6)
     assert got["bits_per_s"] == pytest.approx(bits, rel=1e-6)
+
+
+def test_the_fit_weighs_every_size_alike_so_a_slow_largest_buffer_keeps_the_latency():
+    n, latency, bits = 2, 0.5e-3, 1e9
+    samples = [(b, 2 * latency + b * 8 / bits) for b in (4096, 65536, 1 << 20, 4 << 20)]
+    samples.append((64 << 20, 2 * (64 << 20) * 8 / bits))  # twice its line: memory, not link
+    got = fit(samples, n)
+    assert got["latency_s"] == pytest.approx(latency, rel=0.05)  # a plain fit gives 0 here
+    assert 0.8e9 < got["bits_per_s"] <= bits
+
+
+def test_the_compute_step_measured_on_several_workers_replaces_the_lone_step():
+    link = Link(100e6, 0.0)
+    grads = 1.25e6  # 0.1 s at N=2 over 100 Mbit/s
+    assert efficiency(2, 0.2, grads, link, overlap=0.0) == pytest.approx(0.2 / 0.3)
+    # distributed, the worker computes 0.25 s a step: the link's 0.1 s comes on top of that
+    assert efficiency(2, 0.2, grads, link, overlap=0.0, compute_s=0.25) == pytest.approx(0.2 / 0.35)
+    assert efficiency(2, 0.2, grads, link, overlap=2 / 3, compute_s=0.25) == pytest.approx(0.2 / 0.25)
+    rows = project([2], 0.2, grads, [link], 0.0, compute_s=0.25)
+    assert rows[0]["efficiency"] == rows[0]["efficiency_no_overlap"] < rows[0][
+        "efficiency_backward_hidden"]
+
+
+def test_hosts_give_each_count_its_first_slots():
+    assert first_slots("a:1,b:1", 1) == "a:1"
+    assert first_slots("a:1,b:1", 2) == "a:1,b:1"
+    assert first_slots("a:2,b:2,c:2", 3) == "a:2,b:1"
+    assert first_slots("a,b", 2) == "a:1,b:1"
+    with pytest.raises(ValueError, match="fewer than 3 slots"):
+        first_slots("a:1,b:1", 3)
+    assert launch_command("mpirun", 2, "a:1,b:1")[-6:-4] == ["-H", "a:1,b:1"]
+    assert "-H" not in launch_command("mpirun", 2)
+
+
+def test_distributed_compute_is_the_largest_counts_step_less_its_wait():
+    runs = {1: [{"step_s": 0.2, "comm_s": 0.0}],
+            2: [{"step_s": 0.4, "comm_s": 0.1}, {"step_s": 0.5, "comm_s": 0.1},
+                {"error": "exit 1"}]}
+    assert distributed_compute(runs) == (pytest.approx(0.35), 2)
+    assert distributed_compute({1: runs[1]}) == (None, None)
+
+
+def test_compare_sets_each_links_measured_efficiency_beside_its_prediction(tmp_path):
+    reports = []
+    for name, measured, bits in (("fast", 0.80, 1e9), ("slow", 0.40, 25e6)):
+        link = Link(bits, 300e-6)
+        rows = project([2, 8], 0.25, 1.09e6, [link], 0.0, compute_s=0.27)
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"date": "2026-12-07", "projection": {
+            "step_s": 0.25, "compute_s": 0.27, "rows": rows,
+            "measured": [{"link": link.label, "workers": 2, "efficiency": measured}]}}))
+        reports.append(path)
+    got = compare(reports, tmp_path / "compared")
+    assert [(r["link"], r["workers"]) for r in got] == [("1 Gbit/s, 300 us", 2),
+                                                          ("25 Mbit/s, 300 us", 2)]
+    slow = got[1]["predicted"]  # 0.25 / (0.27 + 2 x 300 us + 1.09 MB at 25 Mbit/s)
+    assert slow == pytest.approx(0.25 / (0.27 + 600e-6 + 1.09e6 * 8 / 25e6))
+    text = (tmp_path / "compared.md").read_text()
+    assert f"| 25 Mbit/s, 300 us | 2 | 250 ms | 349.4 ms | 40% | {slow:.0%} | " \
+           f"{100 * (slow - 0.40):+.0f} points |" in text
+    assert (tmp_path / "compared.png").stat().st_size > 10_000

@@ -64,7 +64,10 @@ def test_the_scaling_report_runs_with_tiny_settings(tmp_path, launcher, recipe):
         [beside] = projection["measured"]
         assert beside["workers"] == 2 and beside["efficiency"] == rows[2]["efficiency"]
         assert "| measured efficiency | predicted |" in report
+        # the compute step: the 2-worker runs' step less their wait for the allreduce
+        assert projection["compute_at"] == 2 and 0 < projection["compute_s"]
     else:  # two links given: no measured points to set beside them
         assert projection["gradient_bytes"] == 1.7e6 and projection["measured"] == []
+        assert projection["compute_s"] is None  # TensorFlow's record gives no wait: the lone step
         assert {lk for lk, _ in predicted} == {"1 Gbit/s, 100 us", "10 Gbit/s"}
         assert predicted[("10 Gbit/s", 16)] >= predicted[("1 Gbit/s, 100 us", 16)]
