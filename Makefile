@@ -58,9 +58,11 @@ bench: setup
 compare-strategies: setup
 	python -m benchmarks.strategies $(STRATEGY_ARGS)
 
-# The CPU image built and trained in, and the 2-container cluster under horovodrun and mpirun,
-# with a worker container killed mid-run (docker/harness.sh; starts dockerd as root if none runs;
-# about 15 minutes the first time, 25 GB of disk; not part of `make test` unless an engine runs).
+# The CPU image built and trained in, the 2-container cluster under horovodrun and mpirun with
+# faults across hosts, and the scaling projection checked against tc-shaped links
+# (docker/harness.sh; starts dockerd as root if none runs; about 25 minutes the first time,
+# 25 GB of disk; not part of `make test` unless an engine runs; DOCKER_TEST_STEPS=shaped
+# DOCKER_TEST_NO_BUILD=1 runs only the shaped links on the image there is).
 docker-test:
 	bash docker/harness.sh
 

@@ -15,10 +15,19 @@
 #      and a rerun resumes from the checkpoint rank 0 saved; then rank 1's process stopped
 #      (SIGSTOP) in the worker container: the stall watchdog ends the job within
 #      --stall-timeout, naming rank 1 on worker; then the worker container restarted under
-#      `hvd-launch --max-restarts 1`: the run is relaunched, resumes and finishes.
+#      `hvd-launch --max-restarts 1`: the run is relaunched, resumes and finishes;
+#   6. checks the scaling projection against links shaped with tc: on compose.bench.yaml's rig
+#      (a core per container, this checkout mounted), each container's link limited by a token
+#      bucket (tbf) to each rate of DOCKER_TEST_LINKS in turn, the scaling report runs the CIFAR
+#      recipe on 1 and 2 workers with --project and --link measure; the predicted efficiency of
+#      2 workers must be within 10 points of the measured one at two links or more. The reports
+#      and their comparison (benchmarks/projection.py) land in DOCKER_TEST_SHAPED_OUT.
 # Where no engine can run it says so and exits 0 (skipped). Exit 1 on any failed check.
 #
-# Environment: DEBIAN_MIRROR (debootstrap's), DOCKER_TEST_KILL_TIMEOUT (s, default 120).
+# Environment: DEBIAN_MIRROR (debootstrap's), DOCKER_TEST_KILL_TIMEOUT (s, default 120),
+# DOCKER_TEST_STEPS (default "demo cluster shaped"), DOCKER_TEST_NO_BUILD=1 (use the image there
+# is), DOCKER_TEST_LINKS (default "1gbit 100mbit 25mbit"), DOCKER_TEST_SHAPED_OUT (default
+# runs/docker-shaped).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BASE=python:3.11-slim-bookworm
@@ -223,6 +232,61 @@ restart_worker() {
   rm -f "$log"
 }
 
+# shape CONTAINER RATE: its egress limited to RATE by a token bucket (tbf; Debian's tc, run in
+# the container's network namespace, so the image needs neither tc nor NET_ADMIN); "none" lifts
+# it. The bucket holds 2 ms of the rate (at least 16 KB): a burst, not a faster link.
+shape() {
+  local pid burst
+  pid="$(docker inspect -f '{{.State.Pid}}' "$1")"
+  if [ "$2" = none ]; then nsenter -t "$pid" -n tc qdisc del dev eth0 root 2>/dev/null || true; return; fi
+  burst=$(python3 -c "import re,sys; m=re.fullmatch(r'([0-9.]+)([kmg])bit', sys.argv[1]); \
+print(max(16384, int(float(m[1]) * {'k': 1e3, 'm': 1e6, 'g': 1e9}[m[2]] / 8 * 2e-3))) if m else sys.exit(1)" "$2") \
+    || fail "shaped: bad rate $2 (e.g. 100mbit, 1gbit)"
+  nsenter -t "$pid" -n tc qdisc replace dev eth0 root tbf rate "$2" burst "$burst" latency 100ms \
+    || fail "shaped: tc could not shape $1's link (tbf)"
+}
+
+shaped_links() {
+  local links="${DOCKER_TEST_LINKS:-1gbit 100mbit 25mbit}" out="${DOCKER_TEST_SHAPED_OUT:-runs/docker-shaped}"
+  if [ "$(id -u)" != 0 ] || ! command -v nsenter >/dev/null; then
+    say "shaped links: skipped (shaping a container's link needs root, nsenter and tc here)"; return
+  fi
+  command -v tc >/dev/null || apt_install iproute2 || fail "shaped: no tc (iproute2)"
+  local bench=("${COMPOSE[@]}" -f docker/compose.bench.yaml) rig="$PROJECT-bench" c
+  "${bench[@]}" up -d --no-build worker >/dev/null 2>&1
+  docker rm -f "$rig" >/dev/null 2>&1 || true
+  "${bench[@]}" run -d --no-deps --name "$rig" launcher bash -c "$SSHD && sleep infinity" >/dev/null 2>&1
+  local worker; worker="$("${COMPOSE[@]}" ps -q worker)"
+  for c in "$rig" "$worker"; do  # the same generated CIFAR-10 on both hosts
+    docker exec -w /opt/horovod-recipes "$c" python -c \
+      "from common.data.datasets import write_cifar10; write_cifar10('/tmp/cifar', 128, 64)" \
+      || fail "shaped: generating the data in $c"
+  done
+  rm -rf "$out" && mkdir -p "$out"
+  local rate reports=()
+  for rate in $links; do
+    shape "$rig" "$rate"; shape "$worker" "$rate"
+    docker exec -w /opt/horovod-recipes "$rig" python -m benchmarks.scaling --np 1,2 \
+      --launcher mpirun --hosts launcher:1,worker:1 --rounds 3 --out "/home/hvd/runs/shaped/$rate" \
+      --project 8,32,128 --link measure -- recipes/pytorch/cifar10_resnet.py --data-dir /tmp/cifar \
+      --epochs 3 --batch-size 32 >"$out/$rate.log" 2>&1 \
+      || { tail -20 "$out/$rate.log"; fail "shaped: the scaling report over $rate"; }
+    docker cp "$rig:/home/hvd/runs/shaped/$rate" "$out/$rate" >/dev/null
+    reports+=("/home/hvd/runs/shaped/$rate/scaling.json")
+    say "shaped link $rate: $(grep -E '^\| [^|]+ \| 2 \| [0-9]+% \|' "$out/$rate/scaling.md" | tail -1)"
+  done
+  shape "$rig" none; shape "$worker" none
+  docker exec -w /opt/horovod-recipes "$rig" python -m benchmarks.projection "${reports[@]}" \
+    --out /home/hvd/runs/shaped/compared | sed 's/^/  /'
+  docker cp "$rig:/home/hvd/runs/shaped/compared.md" "$out/" >/dev/null
+  docker cp "$rig:/home/hvd/runs/shaped/compared.png" "$out/" >/dev/null
+  docker rm -f "$rig" >/dev/null
+  local close
+  close=$(python3 -c "import re,sys; print(sum(abs(int(d)) <= 10 for d in re.findall(r'([+-]?[0-9]+) points', open(sys.argv[1]).read())))" "$out/compared.md")
+  [ "$close" -ge 2 ] || fail "shaped: the projection is within 10 points of the measured efficiency at $close link(s), not 2 or more ($out/compared.md)"
+  say "shaped links: predicted within 10 points of measured at $close of $(wc -w <<<"$links") links ($out/compared.md, .png)"
+}
+
 kill_worker() {
   local launcher="$1" log name epochs=60
   name="${launcher%% *}"
@@ -268,6 +332,8 @@ else
   check_disk
   build
 fi
-demo
-cluster
-say "ok: image built, demo trained, doctor ok, 2-container cluster under horovodrun and mpirun, worker kill ended the job, a stopped worker named by the watchdog, a restarted worker container relaunched and finished"
+STEPS=" ${DOCKER_TEST_STEPS:-demo cluster shaped} "
+[[ "$STEPS" == *" demo "* ]] && demo
+[[ "$STEPS" == *" cluster "* ]] && cluster
+[[ "$STEPS" == *" shaped "* ]] && { shaped_links; "${COMPOSE[@]}" down -v >/dev/null 2>&1; }
+say "ok: image built or reused; steps passed:$STEPS(demo: trained, doctor ok; cluster: horovodrun and mpirun across 2 containers, a killed worker ended the job, a stopped worker named by the watchdog, a restarted worker container relaunched and finished; shaped: the projection checked against tc-shaped links)"
