@@ -70,6 +70,17 @@ def take_held() -> signal.Signals | None:
     return _held
 
 
+def ignore_after_the_run() -> None:
+    """The run is complete: from now on a stop signal has nothing to stop, and is ignored (main
+    thread only). Not held: while the interpreter shuts down Python puts its handlers back to
+    the default action, and a stop signal in that last second (SLURM's warning arriving just
+    after the final line) would end a finished run with the signal's status. An ignored signal
+    stays ignored to the end."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in HELD_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def die_of(sig: signal.Signals) -> None:
     """End this process as ``sig``'s default action would (Ctrl-C: KeyboardInterrupt)."""
     if sig == signal.SIGINT:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from common.base.errors import AgreedError, UserError, env_rank, say, wait_for_the_other_ranks
 from common.base.launch_dir import record_exit
+from common.base.signals import ignore_after_the_run
 from common.faults.preemption import Preempted
 
 
@@ -24,6 +25,7 @@ def run_main(main: Callable[[], object]) -> None:
     (Importing the core registered the worker with a wrapping hvd-launch: common.base.signals.)"""
     try:
         main()
+        ignore_after_the_run()  # a stop signal during the exit must not fail a finished run
         record_exit(0)
     except Preempted as e:  # agreed by every rank, rank 0 has said so: a clean, distinct exit
         _exit(e.exit_code)

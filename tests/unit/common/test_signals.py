@@ -48,3 +48,25 @@ def test_a_held_signal_no_loop_takes_ends_the_process_after_the_hold_limit():
                "print('held', flush=True)\ntime.sleep(20)\nprint('never taken, still alive')\n")
     proc = run(program, {"HOROVOD_RANK": "0"})
     assert proc.stdout == "held\n" and proc.returncode == -signal.SIGTERM
+
+
+# A finished run, then a stop signal while the interpreter shuts down (after Python has put its
+# handlers back to the default action): SLURM's time-limit warning just after the final line.
+# CI-37 saw such a run end of SIGUSR1 and its job marked FAILED.
+LATE_SIGNAL = """
+import os, signal, time
+from common.faults.ending import run_main
+
+class LateSignal:  # deleted while the interpreter shuts down
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.2)
+
+late = LateSignal()
+run_main(lambda: print("final: done", flush=True))
+"""
+
+
+def test_a_stop_signal_after_a_finished_run_leaves_its_exit_status_0():
+    proc = run(LATE_SIGNAL, {"OMPI_COMM_WORLD_RANK": "0"})
+    assert (proc.returncode, proc.stdout) == (0, "final: done\n"), proc.stderr[-2000:]
